@@ -35,7 +35,9 @@ def vision_config(name: str, image_size: int | None = None) -> tuple[dict, bool]
         raise BackboneError(f"unknown open_clip model {name!r}; ViT models: {', '.join(vits)}")
     vision = dict(cfg["vision_cfg"])
     if vision.get("timm_model_name") or isinstance(vision.get("layers"), (list, tuple)):
-        raise BackboneError(f"{name!r} is not an open_clip VisionTransformer (timm or ResNet tower)")
+        raise BackboneError(
+            f"{name!r} is not an open_clip VisionTransformer (timm or ResNet tower)"
+        )
     if image_size is not None:
         vision["image_size"] = image_size
     return vision, bool(cfg.get("quick_gelu", False))
@@ -61,7 +63,7 @@ def create_visual(
 
 
 def resolve_pretrained(name: str, pretrained: str, cache_dir: str | None) -> tuple[Path, bool]:
-    """A local file for `pretrained` (a path, or a tag found in the local cache) and its QuickGELU."""
+    """A local file for `pretrained` (a path, or a cached tag), and the tag's QuickGELU flag."""
     path = Path(pretrained).expanduser()
     if path.is_file():
         return path, False

@@ -62,7 +62,9 @@ def save_merged(
     if adapters_of(model):
         raise ValueError("model still has adapters: save merge_adapters(model), not the model")
     cfg = model.cfg
-    names = list(class_names) if class_names is not None else [str(i) for i in range(cfg.num_classes)]
+    names = (
+        list(class_names) if class_names is not None else [str(i) for i in range(cfg.num_classes)]
+    )
     if len(names) != cfg.num_classes:
         raise ValueError(f"{len(names)} class names for {cfg.num_classes} classes")
     tensors = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
@@ -153,7 +155,9 @@ def _info(path: Path, meta: dict[str, str]) -> CheckpointInfo:
     try:
         version = int(meta.get("format_version", ""))
     except ValueError:
-        raise CheckpointError(f"{path}: bad format_version {meta.get('format_version')!r}") from None
+        raise CheckpointError(
+            f"{path}: bad format_version {meta.get('format_version')!r}"
+        ) from None
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: format version {version} is newer than this zeroi2v ({FORMAT_VERSION})"

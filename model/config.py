@@ -81,7 +81,7 @@ def _flat(offsets) -> list[int]:
 
 
 def _layout(counts: dict[int, int], heads: int) -> list[int]:
-    """Head offsets from {Δt: number of heads}; the rest are spatial (Δt = 0), temporal heads first."""
+    """Offsets from {Δt: heads}: temporal heads first, the rest spatial (Δt = 0)."""
     offsets = [dt for dt, n in counts.items() for _ in range(n)]
     return offsets + [0] * (heads - len(offsets))
 
@@ -101,12 +101,27 @@ _TABLE6 = {
     ("L", 32, "kinetics"): {1: 2, -1: 2, 2: 1, -2: 1, 3: 1},
     ("L", 32, "ssv2"): {1: 2, -1: 2, 2: 1, -2: 1, 3: 1},
 }
-_DATASET_FAMILY = {"k400": "kinetics", "kinetics": "kinetics", "kinetics400": "kinetics",
-                   "ucf101": "kinetics", "hmdb51": "kinetics", "ssv2": "ssv2",
-                   "sthv2": "ssv2", "something-something-v2": "ssv2"}  # fmt: skip
+_DATASET_FAMILY = {
+    "k400": "kinetics",
+    "kinetics": "kinetics",
+    "kinetics400": "kinetics",
+    "ucf101": "kinetics",
+    "hmdb51": "kinetics",
+    "ssv2": "ssv2",
+    "sthv2": "ssv2",
+    "something-something-v2": "ssv2",
+}
 _BACKBONES = {"ViT-B-16": ("B", 12), "ViT-B-32": ("B", 12), "ViT-L-14": ("L", 16)}
-_NUM_CLASSES = {"k400": 400, "kinetics": 400, "kinetics400": 400, "ssv2": 174, "sthv2": 174,
-                "something-something-v2": 174, "ucf101": 101, "hmdb51": 51}  # fmt: skip
+_NUM_CLASSES = {
+    "k400": 400,
+    "kinetics": 400,
+    "kinetics400": 400,
+    "ssv2": 174,
+    "sthv2": 174,
+    "something-something-v2": 174,
+    "ucf101": 101,
+    "hmdb51": 51,
+}
 
 
 def paper_preset(dataset: str, backbone: str = "ViT-B-16", frames: int = 8) -> ZeroI2VConfig:

@@ -1,4 +1,6 @@
-"""Multiply-add counting that sees every matmul, as the paper counts GFLOPs (17.6 G per 224² ViT-B/16).
+"""Multiply-add counting that sees every matmul, as the paper counts GFLOPs.
+
+ViT-B/16 at 224² is 17.6 G multiply-adds per image.
 
 torch.utils.flop_counter misses two ops this project runs: CPU scaled-dot-product attention and
 nn.MultiheadAttention's fused inference fast path (used by the plain open_clip model). Both are

@@ -49,8 +49,11 @@ def merge_adapters(model: ZeroI2V) -> ZeroI2V:
             attn.in_proj_weight.copy_(torch.cat([w for w, _ in parts]))
             attn.in_proj_bias.copy_(torch.cat([b for _, b in parts]))
         elif attn.adapter_in is not None:
-            _assign(attn.in_proj_weight, attn.in_proj_bias,
-                    fold_before(attn.in_proj_weight, attn.in_proj_bias, attn.adapter_in))  # fmt: skip
+            _assign(
+                attn.in_proj_weight,
+                attn.in_proj_bias,
+                fold_before(attn.in_proj_weight, attn.in_proj_bias, attn.adapter_in),
+            )
         if attn.adapter_out is not None:
             out = attn.out_proj
             _assign(out.weight, out.bias, fold_after(out.weight, out.bias, attn.adapter_out))

@@ -43,7 +43,9 @@ class STDHAttention(nn.Module):
         self.adapter_out: nn.Module | None = None
         # Non-persistent: derived from the config, never part of a checkpoint.
         self.register_buffer("src", source_frames(offsets, num_frames), persistent=False)
-        self.register_buffer("heads", torch.arange(num_heads).expand(num_frames, -1), persistent=False)
+        self.register_buffer(
+            "heads", torch.arange(num_heads).expand(num_frames, -1), persistent=False
+        )
         self.temporal = any(offsets)
 
     @classmethod
@@ -51,7 +53,9 @@ class STDHAttention(nn.Module):
         cls, mha: nn.MultiheadAttention, num_frames: int, offsets: list[int]
     ) -> STDHAttention:
         if not mha.batch_first or not mha._qkv_same_embed_dim or mha.in_proj_bias is None:
-            raise ValueError("STDHA needs a batch-first nn.MultiheadAttention with packed biased QKV")
+            raise ValueError(
+                "STDHA needs a batch-first nn.MultiheadAttention with packed biased QKV"
+            )
         attn = cls(mha.embed_dim, mha.num_heads, num_frames, offsets)
         attn.load_state_dict(mha.state_dict())
         return attn.to(mha.in_proj_weight.device, mha.in_proj_weight.dtype)

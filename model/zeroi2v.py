@@ -11,7 +11,7 @@ import torch
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from model.adapters import add_adapters, adapters_of
+from model.adapters import adapters_of, add_adapters
 from model.backbone import create_visual
 from model.config import TrainableSet, ZeroI2VConfig
 from model.stdha import STDHAttention
@@ -58,7 +58,7 @@ class ZeroI2V(nn.Module):
         visual = self.backbone
         tokens = visual._embeds(frames)
         if self.temporal_embedding is not None:
-            tokens = (tokens.view(b, t, -1, tokens.shape[-1]) + self.temporal_embedding[:, None])
+            tokens = tokens.view(b, t, -1, tokens.shape[-1]) + self.temporal_embedding[:, None]
             tokens = tokens.view(b * t, -1, tokens.shape[-1])
         tokens = visual.transformer(tokens)
         pooled, _ = visual._pool(tokens)
@@ -158,7 +158,7 @@ def to_video_backbone(visual: VisionTransformer, cfg: ZeroI2VConfig) -> VisionTr
 
 
 def build_model(cfg: ZeroI2VConfig) -> ZeroI2V:
-    """A ZeroI2V model: frozen (optionally pre-trained) backbone, trainable set per cfg.trainable."""
+    """A ZeroI2V model: frozen (maybe pre-trained) backbone, trainable set per cfg.trainable."""
     visual = create_visual(cfg.backbone, cfg.image_size, cfg.pretrained)
     model = ZeroI2V(cfg, to_video_backbone(visual, cfg))
     model.select_trainable(cfg.trainable)

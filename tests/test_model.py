@@ -7,6 +7,7 @@ import torch
 from model import ZeroI2VConfig, build_model, merge_adapters, paper_preset
 from model.adapters import LinearAdapter, adapters_of
 from model.flops import count_macs, model_macs
+from model.image_baseline import PlainImageModel
 from tests.helpers import TINY, randomize_adapters
 
 
@@ -54,12 +55,18 @@ def test_adapter_placement_four_and_six(tiny_cfg):
     four = build_model(tiny_cfg).backbone.transformer.resblocks[0]
     assert isinstance(four.attn.adapter_in, LinearAdapter) and four.attn.adapter_q is None
     assert list(dict(four.mlp.named_children())) == [
-        "adapter_in", "c_fc", "gelu", "c_proj", "adapter_out"
-    ]  # fmt: skip
+        "adapter_in",
+        "c_fc",
+        "gelu",
+        "c_proj",
+        "adapter_out",
+    ]
     six = build_model(tiny_cfg.model_copy(update={"num_adapters": 6})).backbone
     attn = six.transformer.resblocks[0].attn
     assert attn.adapter_in is None
-    assert all(isinstance(a, LinearAdapter) for a in (attn.adapter_q, attn.adapter_k, attn.adapter_v))
+    assert all(
+        isinstance(a, LinearAdapter) for a in (attn.adapter_q, attn.adapter_k, attn.adapter_v)
+    )
     assert len(adapters_of(six)) == 6 * 2
 
 
@@ -98,9 +105,7 @@ def test_temporal_heads_mode_masks_spatial_gradients(tiny_cfg):
     assert any(p is attn.out_proj.weight for p in model.masked_parameters())
 
 
-@pytest.mark.parametrize(
-    "backbone, expected_m", [("ViT-B-16", 14.2), ("ViT-L-14", 50.5)]
-)  # fmt: skip
+@pytest.mark.parametrize("backbone, expected_m", [("ViT-B-16", 14.2), ("ViT-L-14", 50.5)])
 def test_paper_trainable_parameter_counts(backbone, expected_m):
     cfg = paper_preset("k400", backbone, 8)
     with torch.device("meta"):  # shapes only: counts without allocating ViT-L
@@ -119,26 +124,11 @@ def test_merged_params_equal_open_clip_visual_plus_head(tiny_cfg):
     assert set(merged.backbone.state_dict()) == set(visual.state_dict())
 
 
-def plain_image_model(model):
-    """The image model the paper compares against: open_clip per frame, mean, same head."""
-    visual = open_clip.create_model(model.cfg.backbone, force_image_size=model.cfg.image_size).visual
-    visual.load_state_dict(model.backbone.state_dict())
-    visual.proj = None  # classify the width-d feature, as ZeroI2V's head does
-    visual.eval()
-
-    def forward(x):
-        b, _, t, h, w = x.shape
-        features = visual(x.transpose(1, 2).reshape(b * t, 3, h, w)).view(b, t, -1).mean(1)
-        return model.head(features)
-
-    return forward
-
-
 def test_merged_flops_equal_plain_open_clip(tiny_cfg):
     merged = merge_adapters(build_model(tiny_cfg))
     unmerged_macs = model_macs(build_model(tiny_cfg).eval(), (3, 4, 32, 32))
     x = torch.randn(1, 3, 4, 32, 32)
-    plain = plain_image_model(merged)
+    plain = PlainImageModel(merged).eval()
     with torch.inference_mode():  # plain runs open_clip's fused MHA fast path here
         plain_macs = count_macs(lambda: plain(x))
     assert model_macs(merged, (3, 4, 32, 32)) == plain_macs
