@@ -7,8 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 import typer
-import yaml
-from pydantic import ValidationError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -66,34 +64,160 @@ def info(
 
 @app.command()
 def merge(
-    config: Path = typer.Argument(..., help="YAML/JSON with a `model:` section (ZeroI2VConfig)"),
+    checkpoint: Path = typer.Argument(..., help="training checkpoint (last.pt of a run)"),
     out: Path = typer.Option(..., "--out", "-o", help="where to write MODEL.safetensors"),
 ) -> None:
-    """Build a model from a config, fold its adapters in, and write the merged checkpoint.
-
-    Until training exists the adapters are at their identity initialisation, so the result is
-    the (pre-trained) backbone with STDHA and a fresh head.
-    """
-    from model import ZeroI2VConfig, build_model, merge_adapters, save_merged
+    """Fold the trained adapters into the backbone and write the merged checkpoint."""
     from model.backbone import BackboneError
+    from training.checkpoint import TrainCheckpointError
+    from training.export import export_merged
 
     try:
-        doc = yaml.safe_load(config.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        _fail(f"cannot read {config}: {e}")
-    if not isinstance(doc, dict) or not isinstance(doc.get("model"), dict):
-        _fail(f"{config}: expected a mapping with a `model:` section")
+        path, diff = export_merged(checkpoint, out)
+    except (TrainCheckpointError, BackboneError) as e:
+        _fail(str(e))
+    size = path.stat().st_size / 1e6
+    typer.echo(f"wrote {path} ({size:.1f} MB); merged vs trained: max |logit diff| {diff:.1e}")
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="experiment YAML (training/configs/)"),
+    set_: list[str] = typer.Option([], "--set", help="override, e.g. --set train.lr=1e-4"),
+    resume: bool = typer.Option(False, help="continue from OUT_DIR/last.pt if it exists"),
+) -> None:
+    """Train a ZeroI2V model (for several GPUs: torchrun -m training.train CONFIG)."""
+    from model.backbone import BackboneError
+    from training.annotations import AnnotationError
+    from training.checkpoint import TrainCheckpointError
+    from training.config import ConfigError, load_config
+    from training.train import TrainingError
+    from training.train import train as run
+
     try:
-        cfg = ZeroI2VConfig.model_validate(doc["model"])
-        model = build_model(cfg)
-    except ValidationError as e:
-        _fail(f"{config}: invalid model config:\n{e}")
-    except (BackboneError, ValueError) as e:
-        _fail(f"{config}: {e}")
-    class_names = doc.get("class_names")
-    path = save_merged(merge_adapters(model), out, class_names, doc.get("preprocess"))
-    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    typer.echo(json.dumps({"backbone": cfg.backbone, "frames": cfg.num_frames}))
+        cfg = load_config(config, set_)
+        summary = run(cfg, resume=resume)
+    except (ConfigError, AnnotationError, BackboneError, TrainingError, TrainCheckpointError) as e:
+        _fail(str(e))
+    if summary:
+        typer.echo(json.dumps({k: summary[k] for k in ("videos", "top1", "top5")}))
+
+
+@app.command("eval")
+def evaluate(
+    config: Path = typer.Argument(..., help="experiment YAML naming the dataset"),
+    checkpoint: Path = typer.Option(..., help="merged .safetensors or training .pt"),
+    split: str = typer.Option("val", help="train or val"),
+    clips: int = typer.Option(None, help="temporal clips (default: the config's test_clips)"),
+    crops: int = typer.Option(None, help="spatial crops, 1 or 3 (default: the config's)"),
+    out: Path = typer.Option(None, help="folder for eval.json and eval_confusion.png"),
+    set_: list[str] = typer.Option([], "--set", help="config override"),
+) -> None:
+    """Multi-view evaluation: top-1, top-5, per-class accuracy, confusion matrix."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from model import CheckpointError, load_merged
+    from model.precision import autocast_dtype
+    from training import checkpoint as ckpt_io
+    from training.annotations import AnnotationError
+    from training.config import ConfigError, load_config
+    from training.data import ShardedSampler, VideoClips, collate, load_annotations
+    from training.evaluate import evaluate as run_eval
+    from training.evaluate import write_report
+
+    overrides = list(set_)
+    if clips:
+        overrides.append(f"data.test_clips={clips}")
+    if crops:
+        overrides.append(f"data.test_crops={crops}")
+    if split not in ("train", "val"):
+        _fail(f"--split must be train or val, not {split!r}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        cfg = load_config(config, overrides)
+        if checkpoint.suffix == ".safetensors":
+            model, class_names = load_merged(checkpoint, device), read_class_names(checkpoint)
+        else:
+            model, class_names, _ = ckpt_io.rebuild_model(ckpt_io.load(checkpoint))
+            model = model.to(device)
+        annotations = load_annotations(cfg, split, class_names=class_names)
+    except (ConfigError, CheckpointError, ckpt_io.TrainCheckpointError, AnnotationError) as e:
+        _fail(str(e))
+    if annotations.class_names != class_names:
+        _fail(f"{checkpoint} was trained on other classes than {config}'s {split} split")
+    spec = cfg.view_spec(train=False)
+    if spec.sampling.num_frames != model.cfg.num_frames:
+        _fail(
+            f"config samples {spec.sampling.num_frames} frames; model takes {model.cfg.num_frames}"
+        )
+    data = VideoClips(annotations, spec, train=False)
+    loader = DataLoader(
+        data,
+        batch_size=max(1, 8 // spec.num_views),
+        sampler=ShardedSampler(len(data), shuffle=False, pad=False),
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate,
+    )
+    from tqdm import tqdm
+
+    result = run_eval(
+        model, loader, class_names, device, autocast_dtype(cfg.train.amp, device),
+        progress=lambda it: tqdm(it, desc="eval", unit="batch"),
+    )  # fmt: skip
+    paths = write_report(result, out or cfg.path(cfg.train.out_dir), name=f"eval_{split}")
+    for b in result.broken:
+        typer.secho(f"warning: unreadable video {b}", fg="yellow", err=True)
+    typer.echo(
+        json.dumps({"videos": result.count, "views": spec.num_views, "top1": result.top1,
+                    "top5": result.top5, "report": str(paths["json"])})
+    )  # fmt: skip
+
+
+def read_class_names(checkpoint: Path) -> list[str]:
+    from model import read_info
+
+    return read_info(checkpoint).class_names
+
+
+@app.command()
+def predict(
+    video: Path = typer.Argument(..., help="a video file"),
+    model: Path = typer.Option(..., "--model", "-m", help="merged .safetensors"),
+    top_k: int = typer.Option(5, min=1),
+    clips: int = typer.Option(None, help="temporal clips (default: the checkpoint's)"),
+    crops: int = typer.Option(None, help="spatial crops, 1 or 3 (default: the checkpoint's)"),
+) -> None:
+    """Top-k labels for one local video file."""
+    from model import CheckpointError
+    from service.classifier import VideoClassifier
+    from video.decode import VideoError
+
+    try:
+        classifier = VideoClassifier(model)
+        spec = classifier.view_spec(clips, crops)
+        labels = classifier.classify(video, top_k, spec)
+    except (CheckpointError, VideoError, ValueError) as e:
+        _fail(str(e))
+    for label in labels:
+        typer.echo(f"{label.score:.4f}  {label.name}")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="folder to write the dataset into"),
+    videos_per_class: int = typer.Option(60, min=3),
+    frames: int = typer.Option(16, min=4),
+    size: int = typer.Option(64, min=16),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write a synthetic dataset (real H.264 MP4s) whose classes differ only in temporal order."""
+    from training.synth import write_synthetic_dataset
+
+    summary = write_synthetic_dataset(
+        out, num_videos_per_class=videos_per_class, num_frames=frames, size=size, seed=seed
+    )
+    typer.echo(json.dumps(summary, default=str))
 
 
 @app.command()

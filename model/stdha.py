@@ -44,7 +44,7 @@ class STDHAttention(nn.Module):
         # Non-persistent: derived from the config, never part of a checkpoint.
         self.register_buffer("src", source_frames(offsets, num_frames), persistent=False)
         self.register_buffer(
-            "heads", torch.arange(num_heads).expand(num_frames, -1), persistent=False
+            "heads", torch.arange(num_heads).repeat(num_frames, 1), persistent=False
         )
         self.temporal = any(offsets)
 

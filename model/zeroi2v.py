@@ -14,6 +14,7 @@ from torch import nn
 from model.adapters import adapters_of, add_adapters
 from model.backbone import create_visual
 from model.config import TrainableSet, ZeroI2VConfig
+from model.precision import autocast
 from model.stdha import STDHAttention
 
 
@@ -163,3 +164,14 @@ def build_model(cfg: ZeroI2VConfig) -> ZeroI2V:
     model = ZeroI2V(cfg, to_video_backbone(visual, cfg))
     model.select_trainable(cfg.trainable)
     return model
+
+
+@torch.inference_mode()
+def video_probabilities(
+    model: nn.Module, views: torch.Tensor, amp: torch.dtype | None = None
+) -> torch.Tensor:
+    """Multi-view testing: (B, V, 3, T, S, S) -> (B, num_classes), softmax averaged over V."""
+    b, v = views.shape[:2]
+    with autocast(views.device, amp):
+        logits = model(views.flatten(0, 1))
+    return logits.float().softmax(-1).view(b, v, -1).mean(1)

@@ -1,7 +1,10 @@
+from pathlib import Path
+
 import pytest
 
 from model import ZeroI2VConfig
-from tests.helpers import TINY
+from tests.helpers import TINY, tiny_config
+from training.synth import write_synthetic_dataset
 
 
 @pytest.fixture
@@ -14,3 +17,22 @@ def tiny_cfg() -> ZeroI2VConfig:
         temporal_offsets=[1, -1, 2, 0],
         head_dropout=0.0,
     )
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A tiny synthetic dataset of real MP4 files: 8 classes x 4 videos, 8 frames of 32 px."""
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic_dataset(out, num_videos_per_class=4, num_frames=8, size=32, seed=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_dir, tmp_path_factory) -> Path:
+    """A finished two-epoch training run on the tiny dataset (its out_dir holds last.pt)."""
+    from training.config import load_config
+    from training.train import train
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train(load_config(tiny_config(synth_dir, out)))
+    return out

@@ -1,6 +1,9 @@
 """Shared test helpers (fixtures live in conftest.py)."""
 
+from pathlib import Path
+
 import torch
+import yaml
 
 from model.adapters import adapters_of
 
@@ -14,3 +17,38 @@ def randomize_adapters(model, std: float = 0.2, seed: int = 0) -> None:
         for adapter in adapters_of(model):
             for p in adapter.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def tiny_config(synth_dir: Path, out_dir: Path, **train) -> Path:
+    doc = {
+        "model": {
+            "backbone": "zeroi2v-ViT-T-8",
+            "num_frames": 4,
+            "image_size": 32,
+            "temporal_offsets": [1, -1, 0, 0],
+            "adapter_ratio": 0.25,
+            "head_dropout": 0.5,  # dropout draws from the RNG: resume must restore it
+        },
+        "data": {
+            "root": str(synth_dir),
+            "train": str(synth_dir / "train.txt"),
+            "val": str(synth_dir / "val.txt"),
+            "class_names": str(synth_dir / "classes.txt"),
+            "frame_interval": 2,
+            "test_clips": 2,
+            "num_workers": 0,
+        },
+        "augment": {"randaugment_ops": 2, "randaugment_magnitude": 5, "random_erasing": 0.25},
+        "train": {
+            "epochs": 2,
+            "batch_size": 4,
+            "lr": 1e-3,
+            "warmup_epochs": 0.5,
+            "amp": "off",
+            "out_dir": str(out_dir),
+            **train,
+        },
+    }
+    path = out_dir.parent / f"{out_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path

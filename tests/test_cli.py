@@ -1,46 +1,74 @@
-import yaml
+"""The `zeroi2v` command line, end to end on a real (tiny) training run."""
+
+import json
+
 from typer.testing import CliRunner
 
 from cli import app
-from tests.helpers import TINY
 
 runner = CliRunner()
 
 
-def test_merge_then_info(tmp_path):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "model": {
-                    "backbone": TINY,
-                    "image_size": 32,
-                    "num_frames": 4,
-                    "num_classes": 3,
-                    "temporal_offsets": [1, -1, 0, 0],
-                },
-                "class_names": ["left", "right", "still"],
-                "preprocess": {"temporal_clips": 3, "spatial_crops": 1},
-            }
-        )
-    )
+def test_merge_info_predict_eval(trained_run, synth_dir, tmp_path):
     out = tmp_path / "tiny.safetensors"
-    result = runner.invoke(app, ["merge", str(config), "--out", str(out)])
+    result = runner.invoke(app, ["merge", str(trained_run / "last.pt"), "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert "max |logit diff|" in result.output
+
     result = runner.invoke(app, ["info", str(out)])
     assert result.exit_code == 0, result.output
     assert "{+1, -1, 0x2}" in result.output
-    assert "3 (left, right, still)" in result.output
-    assert "(3x1 views)" in result.output
+    assert "8 (moving_right, moving_left" in result.output
+    assert "(2x1 views)" in result.output  # the run's test-time views travel in the checkpoint
+
+    video = next((synth_dir / "videos").rglob("*.mp4"))
+    result = runner.invoke(app, ["predict", str(video), "--model", str(out), "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 3
+    scores = [float(line.split()[0]) for line in lines]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
+
+    config = trained_run.parent / f"{trained_run.name}.yaml"
+    for checkpoint in (out, trained_run / "last.pt"):  # merged and unmerged give the same
+        result = runner.invoke(
+            app, ["eval", str(config), "--checkpoint", str(checkpoint), "--crops", "3",
+                  "--out", str(tmp_path / checkpoint.suffix[1:])],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+    merged = json.loads((tmp_path / "safetensors" / "eval_val.json").read_text())
+    unmerged = json.loads((tmp_path / "pt" / "eval_val.json").read_text())
+    val_videos = len((synth_dir / "val.txt").read_text().splitlines())
+    assert merged["videos"] == unmerged["videos"] == val_videos
+    assert merged["confusion"] == unmerged["confusion"]
+    assert (tmp_path / "pt" / "eval_val_confusion.png").exists()
 
 
-def test_merge_bad_config(tmp_path):
+def test_predict_bad_video(trained_run, tmp_path):
+    out = tmp_path / "m.safetensors"
+    assert (
+        runner.invoke(app, ["merge", str(trained_run / "last.pt"), "-o", str(out)]).exit_code == 0
+    )
+    junk = tmp_path / "clip.mp4"
+    junk.write_bytes(b"\x00" * 1000)
+    result = runner.invoke(app, ["predict", str(junk), "--model", str(out)])
+    assert result.exit_code == 2 and "clip.mp4" in result.output
+
+
+def test_merge_rejects_a_non_checkpoint(tmp_path):
     config = tmp_path / "bad.yaml"
-    config.write_text("model:\n  backbone: ViT-B-16\n  num_adapters: 5\n")
+    config.write_text("model:\n  backbone: ViT-B-16\n")
     result = runner.invoke(app, ["merge", str(config), "--out", str(tmp_path / "x.safetensors")])
     assert result.exit_code == 2
-    assert "num_adapters" in result.output
+    assert "not a readable training checkpoint" in result.output
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_train_bad_config(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  num_adapters: 5\ndata:\n  root: x\n  train: a\n  val: b\n")
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 2 and "model.num_adapters" in result.output
 
 
 def test_info_bad_file(tmp_path):

@@ -1,1 +1,47 @@
-"""video"""
+"""Video decoding, frame sampling and model views, shared by training and the service."""
+
+from video.decode import (
+    DecodeLimits,
+    DecodeTimeout,
+    EmptyVideo,
+    NotAVideo,
+    NoVideoStream,
+    VideoError,
+    VideoInfo,
+    VideoReader,
+    VideoTooLarge,
+    probe,
+    read_frames,
+)
+from video.sampling import SamplingSpec, dense_clips, uniform_clips
+from video.views import (
+    ViewSpec,
+    load_views,
+    make_views,
+    normalize,
+    resize_short_side,
+    spatial_crops,
+)
+
+__all__ = [
+    "DecodeLimits",
+    "DecodeTimeout",
+    "EmptyVideo",
+    "NoVideoStream",
+    "NotAVideo",
+    "SamplingSpec",
+    "VideoError",
+    "VideoInfo",
+    "VideoReader",
+    "VideoTooLarge",
+    "ViewSpec",
+    "dense_clips",
+    "load_views",
+    "make_views",
+    "normalize",
+    "probe",
+    "read_frames",
+    "resize_short_side",
+    "spatial_crops",
+    "uniform_clips",
+]

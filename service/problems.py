@@ -1,0 +1,68 @@
+"""Errors as RFC 9457 problem details (`application/problem+json`).
+
+Every rejection the service makes is a `Problem`: a status, a short title that is the same for
+every instance of that kind, and a detail that says what was wrong with this request. Nothing a
+client sends should produce a 500; a 500 means a bug here, and says so.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(Exception):
+    def __init__(self, status: int, title: str, detail: str, headers: dict | None = None):
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
+        self.headers = headers or {}
+
+    def response(self, instance: str | None = None) -> JSONResponse:
+        body = {
+            "type": f"https://zeroi2v.dev/problems/{self.title.lower().replace(' ', '-')}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        return JSONResponse(body, status_code=self.status, headers=self.headers,
+                            media_type=MEDIA_TYPE)  # fmt: skip
+
+
+def empty_body() -> Problem:
+    return Problem(400, "Empty upload", "the request carries no video: send it as the multipart "
+                   "field `file` or as a raw video/* body")  # fmt: skip
+
+
+def too_large(limit: int) -> Problem:
+    return Problem(413, "Upload too large", f"the upload exceeds the limit of {limit} bytes")
+
+
+def unsupported(detail: str) -> Problem:
+    return Problem(415, "Not a decodable video", detail)
+
+
+def bad_parameters(detail: str) -> Problem:
+    return Problem(422, "Invalid parameters", detail)
+
+
+def overloaded(retry_after_s: int) -> Problem:
+    return Problem(503, "Service overloaded", "too many requests are queued; retry later",
+                   headers={"Retry-After": str(retry_after_s)})  # fmt: skip
+
+
+def unauthorized() -> Problem:
+    return Problem(401, "Unauthorized", "a valid API key is required (Authorization: Bearer KEY)",
+                   headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+
+def not_ready() -> Problem:
+    return Problem(503, "Not ready", "the model is still loading or warming up",
+                   headers={"Retry-After": "5"})  # fmt: skip
+
+
+async def problem_handler(request: Request, exc: Problem) -> JSONResponse:
+    return exc.response(instance=request.url.path)

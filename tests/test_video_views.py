@@ -1,0 +1,187 @@
+import json
+
+import pytest
+import torch
+
+from model.backbone import OPENAI_MEAN, OPENAI_STD
+from model.checkpoint import default_preprocess
+from tests.media import ordinal_of, write_clip
+from video import (
+    NotAVideo,
+    SamplingSpec,
+    VideoReader,
+    ViewSpec,
+    load_views,
+    make_views,
+    normalize,
+    resize_short_side,
+    spatial_crops,
+)
+
+
+def columns(t: int, h: int, w: int) -> torch.Tensor:
+    """(T, 3, H, W) uint8 frames whose pixel value is the column index."""
+    return torch.arange(w, dtype=torch.uint8).expand(t, 3, h, w).clone()
+
+
+def rows(t: int, h: int, w: int) -> torch.Tensor:
+    return torch.arange(h, dtype=torch.uint8)[:, None].expand(t, 3, h, w).clone()
+
+
+def test_resize_short_side():
+    landscape = torch.randint(0, 256, (2, 3, 48, 64), dtype=torch.uint8)
+    out = resize_short_side(landscape, 24)
+    assert out.shape == (2, 3, 24, 32) and out.dtype == torch.uint8
+    portrait = torch.randint(0, 256, (2, 3, 63, 47), dtype=torch.uint8)
+    assert resize_short_side(portrait, 94).shape[-2:] == (126, 94)
+    assert resize_short_side(landscape, 48) is landscape  # already the size: untouched
+
+
+def test_centre_crop():
+    (crop,) = spatial_crops(columns(2, 32, 50), 32, 1)
+    assert crop.shape == (2, 3, 32, 32)
+    assert crop[0, 0, 0, 0] == 9  # (50 - 32) // 2
+    (crop,) = spatial_crops(rows(1, 40, 32), 32, 1)
+    assert crop[0, 0, 0, 0] == 4
+
+
+def test_three_crops_along_the_long_side():
+    left, centre, right = spatial_crops(columns(2, 32, 81), 32, 3)
+    assert [c[0, 0, 0, 0].item() for c in (left, centre, right)] == [0, 24, 49]
+    assert right[0, 0, 0, -1] == 80  # flush with the right edge
+    top, middle, bottom = spatial_crops(rows(1, 90, 32), 32, 3)
+    assert [c[0, 0, 0, 0].item() for c in (top, middle, bottom)] == [0, 29, 58]
+    assert all(c.shape == (1, 3, 32, 32) for c in (top, middle, bottom))
+
+
+def test_crop_errors():
+    with pytest.raises(ValueError, match="1 or 3"):
+        spatial_crops(columns(1, 32, 64), 32, 2)
+    with pytest.raises(ValueError, match="resize first"):
+        spatial_crops(columns(1, 30, 64), 32, 1)
+
+
+def test_normalize():
+    frames = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 2).expand(2, 3, 2, 2)
+    out = normalize(frames, OPENAI_MEAN, OPENAI_STD)
+    assert out.dtype == torch.float32 and out.shape == frames.shape
+    mean, std = torch.tensor(OPENAI_MEAN), torch.tensor(OPENAI_STD)
+    torch.testing.assert_close(out[0, :, 0, 0], -mean / std)
+    torch.testing.assert_close(out[1, :, 1, 1], (1 - mean) / std)
+    assert frames.dtype == torch.uint8  # the input is left alone
+
+
+def test_view_spec_defaults_and_num_views():
+    spec = ViewSpec()
+    assert spec.sampling == SamplingSpec() and spec.image_size == 224
+    assert spec.mean == OPENAI_MEAN and spec.std == OPENAI_STD
+    spec = ViewSpec(sampling=SamplingSpec(num_clips=4), spatial_crops=3)
+    assert spec.num_views == 12
+
+
+def test_preprocess_round_trip():
+    spec = ViewSpec(
+        sampling=SamplingSpec(kind="uniform", num_frames=16, interval=4, num_clips=2),
+        image_size=112,
+        spatial_crops=3,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+    d = spec.to_preprocess()
+    assert ViewSpec.from_preprocess(d) == spec
+    assert ViewSpec.from_preprocess(json.loads(json.dumps(d))) == spec  # as stored in metadata
+    assert ViewSpec.from_preprocess(ViewSpec().to_preprocess()) == ViewSpec()
+
+
+def test_from_checkpoint_preprocess(tiny_cfg):
+    d = {**default_preprocess(tiny_cfg), "temporal_clips": 3, "future_key": "ignored"}
+    spec = ViewSpec.from_preprocess(d)
+    assert spec.sampling == SamplingSpec("dense", num_frames=4, interval=16, num_clips=3)
+    assert spec.image_size == 32 and spec.spatial_crops == 1
+    assert spec.mean == OPENAI_MEAN and spec.std == OPENAI_STD
+    assert spec.num_views == 3
+
+
+@pytest.mark.parametrize(
+    "d",
+    [
+        {"sampling": "random"},
+        {"spatial_crops": 2},
+        {"image_size": 0},
+        {"mean": [0.5, 0.5]},
+        {"std": [0.5, 0.0, 0.5]},
+        {"num_frames": 0},
+    ],
+)
+def test_bad_preprocess(d):
+    with pytest.raises(ValueError):
+        ViewSpec.from_preprocess(d)
+
+
+def test_make_views_shape_and_order():
+    # Clip k is flat grey 100 * k plus the column index, so a view shows its clip and crop.
+    clips = [columns(4, 32, 80) + 100 * k for k in range(2)]
+    spec = ViewSpec(
+        sampling=SamplingSpec(num_frames=4, num_clips=2),
+        image_size=32,
+        spatial_crops=3,
+        mean=(0.0, 0.0, 0.0),
+        std=(1 / 255, 1 / 255, 1 / 255),  # normalised values stay in pixel units
+    )
+    views = make_views(clips, spec)
+    assert views.shape == (6, 3, 4, 32, 32) and views.dtype == torch.float32
+    first_pixel = views[:, 0, 0, 0, 0].round().tolist()
+    assert first_pixel == [0, 24, 48, 100, 124, 148]  # clip-major, then left/centre/right
+    # Layout (3, T, H, W): the frame axis comes after the channels.
+    torch.testing.assert_close(views[0, :, 1], views[0, :, 0])
+
+
+def test_make_views_checks_clips():
+    spec = ViewSpec(image_size=32)
+    with pytest.raises(ValueError, match="at least one"):
+        make_views([], spec)
+    with pytest.raises(ValueError, match="same number of frames"):
+        make_views([columns(4, 32, 32), columns(3, 32, 32)], spec)
+
+
+def unnormalize(view: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    """(3, T, S, S) view -> (T, 3, S, S) pixel values."""
+    mean = torch.tensor(spec.mean).view(3, 1, 1, 1)
+    std = torch.tensor(spec.std).view(3, 1, 1, 1)
+    return ((view * std + mean) * 255).permute(1, 0, 2, 3)
+
+
+def test_load_views(tmp_path, monkeypatch):
+    path = write_clip(tmp_path / "clip.mp4", 60, gop=10)
+    spec = ViewSpec(sampling=SamplingSpec(num_frames=4, interval=2, num_clips=2), image_size=32)
+    reads = []
+    original = VideoReader.read
+    monkeypatch.setattr(VideoReader, "read", lambda self, i: reads.append(i) or original(self, i))
+    views, info = load_views(path, spec)
+    assert info.num_frames == 60 and views.shape == (2, 3, 4, 32, 32)
+    plan = spec.sampling.plan(60, train=False)
+    assert reads == [plan[0] + plan[1]]  # one read for all clips
+    shown = [[ordinal_of(f) for f in unnormalize(v, spec)] for v in views]
+    assert shown == plan
+    torch.testing.assert_close(load_views(path.read_bytes(), spec)[0], views)
+
+
+def test_load_views_three_crops_of_a_portrait_video(tmp_path):
+    path = write_clip(tmp_path / "portrait.mp4", 20, rotation=90)
+    spec = ViewSpec(sampling=SamplingSpec(num_frames=2, interval=4), image_size=24, spatial_crops=3)
+    views, info = load_views(path, spec)
+    assert (info.width, info.height) == (48, 64)
+    assert views.shape == (3, 3, 2, 24, 24)
+
+
+def test_load_views_short_video_repeats_frames(tmp_path):
+    path = write_clip(tmp_path / "short.mkv", 3, codec="mjpeg")
+    spec = ViewSpec(sampling=SamplingSpec(num_frames=8, interval=16), image_size=32)
+    views, info = load_views(path, spec)
+    assert info.num_frames == 3
+    assert [ordinal_of(f) for f in unnormalize(views[0], spec)] == [0, 0, 0, 1, 1, 1, 2, 2]
+
+
+def test_load_views_errors_pass_through():
+    with pytest.raises(NotAVideo):
+        load_views(b"not a video at all" * 100, ViewSpec())

@@ -1,0 +1,547 @@
+"""Decoding: frames by ordinal, read with as little decoding as the request needs.
+
+Opening a `VideoReader` demuxes the video packets without decoding pixels. That gives the exact
+frame count and every frame's presentation timestamp (pts), and the limits (decode bombs) are
+enforced before anything is decoded. Frame i is the i-th frame in presentation order, whatever
+its timestamp, so variable frame rate is handled exactly. `read` seeks to the keyframe before
+each group of requested frames and decodes forward only as far as that group needs.
+
+Refused: still images and text (FFmpeg would show them as one-frame videos), playlists and
+network streams (they open other files or sockets), and anything over `DecodeLimits`. Every
+failure is a `VideoError` whose `reason` a service can return as is; only `IndexError` (a frame
+that does not exist) and `TypeError` (a source that is not a path, bytes or a file) escape
+otherwise.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import functools
+import io
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import BinaryIO
+
+import av
+import numpy as np
+import torch
+
+Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
+
+
+class VideoError(ValueError):
+    """A video that cannot be used; `reason` is a stable code for APIs and metrics."""
+
+    reason: str = "video_error"
+
+
+class NotAVideo(VideoError):
+    reason = "not_a_video"
+
+
+class NoVideoStream(VideoError):
+    reason = "no_video_stream"
+
+
+class EmptyVideo(VideoError):
+    reason = "empty"
+
+
+class VideoTooLarge(VideoError):
+    reason = "too_large"
+
+
+class DecodeTimeout(VideoError):
+    reason = "timeout"
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on what one video may cost. Width and height bind either orientation: the long
+    side may be up to max(max_width, max_height), the short side up to the smaller of the two,
+    and the area up to max_pixels (so 3840x2160 and 2160x3840 pass, 3840x3840 does not)."""
+
+    max_width: int = 3840
+    max_height: int = 3840
+    max_duration_s: float = 600.0
+    max_frames: int = 36000
+    timeout_s: float = 60.0  # wall clock for opening, and again for each read
+    threads: int = 0  # decoder threads; 0 lets FFmpeg pick
+    max_pixels: int = 3840 * 2160
+
+    def __post_init__(self):
+        for name in ("max_width", "max_height", "max_frames", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DecodeLimits.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_duration_s", "timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"DecodeLimits.{name} must be > 0, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise ValueError(f"DecodeLimits.threads must be >= 0, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int  # counted from the demuxed packets, not the container's estimate
+    fps: float  # average: num_frames / duration_s
+    duration_s: float
+    width: int  # as displayed, i.e. after rotation
+    height: int
+    rotation: int  # clockwise degrees a player turns the coded picture: 0, 90, 180 or 270
+    codec: str
+    has_audio: bool
+
+
+# Demuxers that read still images (or text rendered as video), not videos. Animated formats
+# (gif, apng, webp animations) have their own demuxers and are accepted.
+IMAGE_DEMUXERS = {"image2", "image2pipe", "tty", "bin", "xbin", "adf", "idf", "ico", "fits"}
+# Demuxers that open other files or network streams (playlists, session descriptions). FFmpeg
+# refuses them before they read anything: a live playlist would otherwise wait for new segments
+# for minutes inside av.open, where no timeout of ours can reach.
+REFUSED_DEMUXERS = {"hls", "dash", "concat", "sdp", "rtsp", "rtp"}
+
+
+def _is_image(name: str) -> bool:
+    return any(n in IMAGE_DEMUXERS or n.endswith("_pipe") for n in name.split(","))
+
+
+@functools.cache
+def _open_options() -> dict[str, str]:
+    allowed = (n for n in av.formats_available if not set(n.split(",")) & REFUSED_DEMUXERS)
+    return {"format_whitelist": ",".join(sorted(allowed)), "protocol_whitelist": "file"}
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, av.FFmpegError):
+        return exc.strerror or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class VideoReader:
+    """Random access to the frames of one video. Not thread-safe; use one per thread.
+
+    source: a path, the file's bytes, or a readable binary file object (left open; if it cannot
+    seek it is read into memory first).
+
+        with VideoReader("clip.mp4") as reader:
+            frames = reader.read([0, 16, 32])  # (3, 3, H, W) uint8, upright
+
+    `frames_decoded` and `seeks` count the work done, for tests and diagnostics.
+    """
+
+    def __init__(self, source: Source, limits: DecodeLimits = DecodeLimits()):
+        self.limits = limits
+        self.frames_decoded = 0
+        self.seeks = 0
+        self._container = None
+        self._input, self.name = _input_of(source)
+        try:
+            with _translate_errors(self.name, "open", limits.timeout_s):
+                self._start_pos = self._input.tell() if hasattr(self._input, "tell") else 0
+                self._deadline = time.monotonic() + limits.timeout_s
+                self._open()
+                self.info = self._index()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._container is not None:
+            container, self._container = self._container, None
+            # Closing a half-opened container must not hide the error that got us here.
+            with contextlib.suppress(Exception):
+                container.close()
+
+    def read(self, indices: Sequence[int]) -> torch.Tensor:
+        """Frames by ordinal (any order, repeats allowed) as (N, 3, H, W) uint8, in the order
+        asked. Raises IndexError for an ordinal outside [0, num_frames)."""
+        if self._container is None:
+            raise ValueError(f"{self.name}: the reader is closed")
+        wanted = [_ordinal(i, self.info.num_frames, self.name) for i in indices]
+        out = torch.empty((len(wanted), 3, self.info.height, self.info.width), dtype=torch.uint8)
+        if not wanted:
+            return out
+        with _translate_errors(self.name, "read", self.limits.timeout_s):
+            self._deadline = time.monotonic() + self.limits.timeout_s
+            frames = self._decode_targets(sorted(set(wanted)))
+        for k, i in enumerate(wanted):
+            out[k] = torch.from_numpy(frames[i]).permute(2, 0, 1)
+        return out
+
+    # -- opening and indexing --------------------------------------------------------------
+
+    def _open(self) -> None:
+        # "file:" so that a name like "12:30.mp4" is not taken for a protocol. PyAV's timeout
+        # interrupts a read that blocks (a stalled file system) where our clock cannot.
+        source = "file:" + self._input if isinstance(self._input, str) else self._input
+        try:
+            self._container = av.open(
+                source, "r", container_options=_open_options(), timeout=self.limits.timeout_s
+            )
+        except av.error.ArgumentError as exc:
+            raise NotAVideo(
+                f"{self.name}: cannot open as a video: {_describe(exc)} (a playlist or network "
+                f"stream, which are refused, or an unsupported format)"
+            ) from exc
+        fmt = self._container.format.name
+        if _is_image(fmt):
+            raise NotAVideo(f"{self.name}: a still image or text ({fmt} format), not a video")
+        video = self._container.streams.video
+        covers = [s for s in video if s.disposition & av.stream.Disposition.attached_pic]
+        streams = [s for s in video if s not in covers]
+        if not streams:
+            kinds = sorted({s.type for s in self._container.streams if s not in covers})
+            found = f"{' and '.join(kinds)} only" if kinds else "no streams"
+            found += ", and a cover picture" if covers else ""
+            raise NoVideoStream(f"{self.name}: no video stream ({found})")
+        self._stream = streams[0]
+        if self._stream.codec_context is None:
+            raise NotAVideo(f"{self.name}: no decoder for the video codec of this file")
+        for s in self._container.streams:
+            if s is not self._stream:
+                s.discard = av.stream.Discard.all  # never read audio or other streams
+        ctx = self._stream.codec_context
+        ctx.thread_type = "AUTO"
+        ctx.thread_count = self.limits.threads
+        if ctx.width and ctx.height:
+            self._check_size(ctx.width, ctx.height)
+
+    def _index(self) -> VideoInfo:
+        """Demux every video packet (no decoding) and check the limits, then decode one frame."""
+        stream, limits = self._stream, self.limits
+        tb = stream.time_base
+        if stream.duration and tb and float(stream.duration * tb) > limits.max_duration_s:
+            raise self._too_long(f"{float(stream.duration * tb):.1f} s", " (container header)")
+        if stream.frames > limits.max_frames:
+            raise self._too_many(str(stream.frames), " (container header)")
+        pts: list[int | None] = []
+        keyframes: list[int | None] = []
+        max_ticks = limits.max_duration_s / float(tb) if tb else float("inf")
+        first_ts = last_ts = None
+        last_duration = cut_short = 0
+        for packet in self._container.demux(stream):
+            self._check_time()
+            if packet.size == 0:  # the flush packet PyAV appends at the end
+                continue
+            for ts in (packet.pts, packet.dts):
+                if ts is not None and (first_ts is None or ts < first_ts):
+                    first_ts = ts
+            # Pre-roll the demuxer marks for discarding (mp4 edit lists), and a partial packet
+            # cut off by the end of a truncated file, are not frames of this video.
+            if packet.is_discard or packet.is_corrupt:
+                cut_short += packet.is_corrupt
+                continue
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                keyframes.append(packet.pts)
+            if len(pts) > limits.max_frames:
+                raise self._too_many(f"more than {limits.max_frames}")
+            if packet.pts is not None:
+                if last_ts is None or packet.pts > last_ts:
+                    last_ts, last_duration = packet.pts, packet.duration or 0
+                # Checked while demuxing, so a very long file is refused without reading it all.
+                if last_ts - first_ts > max_ticks:
+                    raise self._too_long(f"more than {float((last_ts - first_ts) * tb):.1f} s")
+        if not pts and cut_short:
+            raise NotAVideo(f"{self.name}: truncated or corrupt, no complete video frame")
+        if not pts:
+            raise EmptyVideo(f"{self.name}: the video stream has no frames")
+        self._first_ts = first_ts if first_ts is not None else 0
+
+        # Ordinals come from sorted timestamps. Without a usable timestamp for every frame (raw
+        # streams, broken muxers) frames are counted in decode order from the start instead.
+        self._sequential = None in pts or len(set(pts)) != len(pts)
+        rate = stream.average_rate or stream.guessed_rate
+        duration = Fraction(len(pts)) / rate if rate else Fraction(0)
+        if self._sequential:
+            self._pts, self._keyframes = [], []
+        else:
+            self._pts = sorted(pts)
+            self._ordinal_of = {p: i for i, p in enumerate(self._pts)}
+            self._keyframes = sorted(self._ordinal_of[p] for p in keyframes)
+            gaps = np.diff(self._pts)
+            last = last_duration or (int(np.median(gaps)) if len(gaps) else 0)
+            span = self._pts[-1] - self._pts[0] + last
+            if tb and span > 0:  # else a single frame of unknown duration: keep the rate's
+                duration = span * tb
+            if duration > limits.max_duration_s:
+                raise self._too_long(f"{float(duration):.1f} s")
+
+        first = self._first_frame()
+        self._coded_size = (first.width, first.height)
+        self._rotation = _rotation_of(first, stream)
+        width, height = self._coded_size
+        if self._rotation in (90, 270):
+            width, height = height, width
+        has_audio = any(s.type == "audio" for s in self._container.streams)
+        return VideoInfo(
+            num_frames=len(pts),
+            fps=float(len(pts) / duration) if duration else 0.0,
+            duration_s=float(duration),
+            width=width,
+            height=height,
+            rotation=self._rotation,
+            codec=stream.codec_context.name,
+            has_audio=has_audio,
+        )
+
+    def _first_frame(self) -> av.VideoFrame:
+        """The first decodable frame: proves the stream decodes and carries the rotation."""
+        for frame, _ in self._decode_from(None):
+            if not self._sequential and self._ordinal_of.get(frame.pts) is None:
+                # The decoder's timestamps do not match the packets': count frames instead.
+                self._sequential = True
+            return frame
+        if self._decode_errors:
+            raise NotAVideo(
+                f"{self.name}: the {self._stream.codec_context.name} video stream does not "
+                f"decode ({self._decode_errors} bad packets, no frame)"
+            )
+        raise EmptyVideo(f"{self.name}: no frame of the video stream decodes")
+
+    # -- decoding --------------------------------------------------------------------------
+
+    def _decode_targets(self, targets: list[int]) -> dict[int, np.ndarray]:
+        """Decode the sorted unique ordinals `targets`; {ordinal: upright (H, W, 3) array}."""
+        frames: dict[int, np.ndarray] = {}
+        if self._sequential:
+            want = set(targets)
+            for ordinal, (frame, trusted) in enumerate(self._decode_from(None)):
+                # A packet that failed to decode left no frame behind: the count is off after it.
+                if ordinal in want and trusted and not self._decode_errors:
+                    frames[ordinal] = self._to_array(frame)
+                if ordinal >= targets[-1]:
+                    break
+        else:
+            for group in self._groups(targets):
+                self._decode_group(group, frames)
+        missing = [i for i in targets if i not in frames]
+        if missing:
+            shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+            raise NotAVideo(
+                f"{self.name}: frame{'s' if len(missing) > 1 else ''} {shown} of "
+                f"{self.info.num_frames} could not be decoded (corrupt or truncated file)"
+            )
+        return frames
+
+    def _keyframe_before(self, ordinal: int) -> int | None:
+        """The last keyframe at or before `ordinal` in presentation order (None: the start)."""
+        k = bisect.bisect_right(self._keyframes, ordinal)
+        return self._keyframes[k - 1] if k else None
+
+    def _groups(self, targets: list[int]) -> Iterator[list[int]]:
+        """Targets sharing a keyframe: one seek and one forward decode each. A target past the
+        next keyframe starts a new group, so the frames between groups are never decoded."""
+        group: list[int] = []
+        for t in targets:
+            if group and self._keyframe_before(t) != self._keyframe_before(group[0]):
+                yield group
+                group = []
+            group.append(t)
+        yield group
+
+    def _decode_group(self, group: list[int], frames: dict[int, np.ndarray]) -> None:
+        keyframe = self._keyframe_before(group[0])
+        for attempt in range(3):
+            want, first_seen = set(group), None
+            start = None if keyframe is None else self._pts[keyframe]
+            for frame, trusted in self._decode_from(start):
+                ordinal = self._ordinal_of.get(frame.pts)
+                if ordinal is None:
+                    continue
+                if first_seen is None:
+                    first_seen = ordinal
+                if ordinal in want and trusted:
+                    frames[ordinal] = self._to_array(frame)
+                    want.discard(ordinal)
+                if not want or ordinal >= group[-1]:
+                    break
+            want -= frames.keys()
+            landed_late = first_seen is None or first_seen > min(want, default=first_seen)
+            if not want or keyframe is None or not landed_late:
+                return
+            # Some demuxers seek by decode time and land past the keyframe asked for: retry from
+            # the keyframe before it, then from the beginning. A frame still missing after that
+            # does not decode.
+            k = self._keyframes.index(keyframe)
+            keyframe = self._keyframes[k - 1] if k and attempt == 0 else None
+
+    def _decode_from(self, start_pts: int | None) -> Iterator[tuple[av.VideoFrame, bool]]:
+        """(frame, trusted) in presentation order from the keyframe at or before `start_pts`
+        (None: the start of the stream).
+
+        A packet that fails to decode is skipped and counted. The decoder conceals the loss and
+        keeps going, so the frames after it, which may reference the lost one, come out
+        plausible but wrong and unflagged: they are untrusted until the next keyframe.
+        """
+        self._seek(start_pts)
+        self._decode_errors = 0
+        stream, trusted = self._stream, True
+        for packet in self._container.demux(stream):
+            self._check_time()
+            if packet.is_corrupt and packet.size:
+                # A partial packet (truncated file): with frame threads, feeding it to the
+                # decoder can lose the good frames still in flight.
+                continue
+            try:
+                decoded = stream.decode(packet)
+            except av.FFmpegError:
+                # With frame threads the error surfaces where the lost frame would have come
+                # out, so every frame output after it is later in decode order.
+                self._decode_errors += 1
+                trusted = False
+                continue
+            for frame in decoded:
+                self.frames_decoded += 1
+                self._check_size(frame.width, frame.height)
+                trusted = trusted or frame.key_frame
+                yield frame, trusted and not frame.is_corrupt
+
+    def _seek(self, pts: int | None) -> None:
+        self.seeks += 1
+        target = self._first_ts if pts is None else pts
+        try:
+            self._container.seek(target, stream=self._stream, backward=True)
+        except av.FFmpegError:
+            # A format that cannot seek can still be read from the start: decoding from an
+            # earlier point than asked only costs time, since frames are matched by pts.
+            self._reopen()
+
+    def _reopen(self) -> None:
+        self._container.close()
+        if hasattr(self._input, "seek"):
+            self._input.seek(self._start_pos)
+        self._open()
+
+    def _to_array(self, frame: av.VideoFrame) -> np.ndarray:
+        width, height = self._coded_size
+        if (frame.width, frame.height) != (width, height):
+            # A mid-stream size change: scale to the first frame's size so frames stack.
+            array = frame.to_ndarray(format="rgb24", width=width, height=height)
+        else:
+            array = frame.to_ndarray(format="rgb24")
+        if self._rotation:
+            array = np.ascontiguousarray(np.rot90(array, k=-self._rotation // 90))
+        return array
+
+    # -- limits and errors -----------------------------------------------------------------
+
+    def _check_size(self, width: int, height: int) -> None:
+        lim = self.limits
+        long_max, short_max = max(lim.max_width, lim.max_height), min(lim.max_width, lim.max_height)
+        long, short = max(width, height), min(width, height)
+        if long > long_max or short > short_max or width * height > lim.max_pixels:
+            raise VideoTooLarge(
+                f"{self.name}: {width}x{height} video is over the size limit (long side "
+                f"<= {long_max} px, short side <= {short_max} px, <= {lim.max_pixels} pixels)"
+            )
+
+    def _too_long(self, actual: str, source: str = "") -> VideoTooLarge:
+        limit = self.limits.max_duration_s
+        return VideoTooLarge(
+            f"{self.name}: the video lasts {actual}{source}, over the {limit:g} s limit"
+        )
+
+    def _too_many(self, actual: str, source: str = "") -> VideoTooLarge:
+        limit = self.limits.max_frames
+        return VideoTooLarge(
+            f"{self.name}: the video has {actual} frames{source}, over the {limit} frame limit"
+        )
+
+    def _check_time(self) -> None:
+        if time.monotonic() > self._deadline:
+            raise DecodeTimeout(
+                f"{self.name}: decoding took longer than the {self.limits.timeout_s:g} s limit"
+            )
+
+
+@contextlib.contextmanager
+def _translate_errors(name: str, action: str, timeout_s: float) -> Iterator[None]:
+    """Whatever PyAV or a file object raises becomes NotAVideo naming the file, with the
+    original chained as its cause."""
+    try:
+        yield
+    except (VideoError, IndexError, MemoryError):
+        raise
+    except av.error.ExitError as exc:  # PyAV's timeout interrupted a blocking read
+        raise DecodeTimeout(
+            f"{name}: decoding took longer than the {timeout_s:g} s limit (a read was cut off)"
+        ) from exc
+    except Exception as exc:
+        raise NotAVideo(f"{name}: cannot {action} as a video: {_describe(exc)}") from exc
+
+
+def _input_of(source: Source) -> tuple[str | BinaryIO, str]:
+    """What av.open takes for `source`, and a name for messages."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data:
+            raise NotAVideo("<0 bytes>: empty input")
+        return io.BytesIO(data), f"<{len(data)} bytes>"
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fsdecode(os.fspath(source))
+        if not os.path.exists(path):
+            raise NotAVideo(f"{path}: no such file")
+        if not os.path.isfile(path):
+            raise NotAVideo(f"{path}: not a regular file")
+        if os.path.getsize(path) == 0:
+            raise NotAVideo(f"{path}: empty file (0 bytes)")
+        return path, path
+    if hasattr(source, "read"):
+        name = getattr(source, "name", None)
+        name = name if isinstance(name, str) else "<file object>"
+        try:
+            seekable = source.seekable() if hasattr(source, "seekable") else False
+            if not seekable:  # containers need to seek; read what there is into memory
+                return io.BytesIO(source.read()), name
+        except Exception as exc:
+            raise NotAVideo(f"{name}: cannot read: {_describe(exc)}") from exc
+        return source, name
+    raise TypeError(
+        f"a video source is a path, bytes or a binary file object, not {type(source).__name__}"
+    )
+
+
+def _ordinal(i, num_frames: int, name: str) -> int:
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+        raise TypeError(f"frame indices are ints, not {type(i).__name__}")
+    i = int(i)
+    if not 0 <= i < num_frames:
+        raise IndexError(f"{name}: frame {i} does not exist (the video has {num_frames} frames)")
+    return i
+
+
+def _rotation_of(frame: av.VideoFrame, stream) -> int:
+    """Clockwise degrees to turn the coded picture upright, a multiple of 90."""
+    # FFmpeg's display matrix angle is counter-clockwise; the legacy `rotate` tag is clockwise.
+    degrees = -float(getattr(frame, "rotation", 0) or 0)
+    if not degrees:
+        try:
+            degrees = float(stream.metadata.get("rotate", 0))
+        except ValueError:
+            degrees = 0.0
+    return int(round(degrees / 90)) * 90 % 360
+
+
+def probe(source: Source, limits: DecodeLimits = DecodeLimits()) -> VideoInfo:
+    """The VideoInfo of `source` (demuxes the whole video but decodes one frame)."""
+    with VideoReader(source, limits) as reader:
+        return reader.info
+
+
+def read_frames(
+    source: Source, indices: Sequence[int], limits: DecodeLimits = DecodeLimits()
+) -> torch.Tensor:
+    """`VideoReader(source).read(indices)`: (N, 3, H, W) uint8."""
+    with VideoReader(source, limits) as reader:
+        return reader.read(indices)

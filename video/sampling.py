@@ -1,0 +1,123 @@
+"""Which frames make a clip: pure functions of the frame count, no I/O.
+
+Two samplers, as in mmaction2:
+- dense (SampleFrames): `num_frames` frames `interval` apart; the ZeroI2V Kinetics recipe
+  (8 x 16 for ViT-B). Test time takes `num_clips` clips with evenly spaced starts.
+- uniform (TSN, UniformSampleFrames): the video cut into `num_segments` equal segments, one
+  frame from each; covers the whole video whatever its length (Something-Something recipe).
+
+Every index returned is a frame ordinal in [0, video_frames).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def _spread(video_frames: int, count: int) -> list[int]:
+    """`count` ordinals spread evenly over a video of fewer frames, each frame repeated."""
+    return [i * video_frames // count for i in range(count)]
+
+
+def dense_clips(
+    video_frames: int,
+    num_frames: int,
+    interval: int,
+    num_clips: int = 1,
+    train: bool = False,
+    rng: random.Random | None = None,
+) -> list[list[int]]:
+    """Clips of `num_frames` frames `interval` apart; a clip spans num_frames * interval frames.
+
+    train: one clip at a random start (`num_clips` is a test-time setting and is ignored).
+    test: `num_clips` clips whose starts are spread evenly and centred, as mmaction2's
+    `_get_test_clips`: start_k = int((k + 0.5) * (video_frames - span + 1) / num_clips).
+
+    Short videos (stated, and unlike mmaction2's loop, which scrambles temporal order): when the
+    span does not fit, the interval shrinks to video_frames // num_frames, the largest that
+    fits, so the clip stays in order and covers the video. A video with fewer frames than
+    `num_frames` has each frame repeated in order (i * video_frames // num_frames); every clip
+    is then the same.
+    """
+    _check_positive(
+        video_frames=video_frames, num_frames=num_frames, interval=interval, num_clips=num_clips
+    )
+    if video_frames < num_frames:
+        return [_spread(video_frames, num_frames) for _ in range(1 if train else num_clips)]
+    interval = min(interval, video_frames // num_frames)
+    span = num_frames * interval
+    room = video_frames - span + 1  # number of possible starts, >= 1
+    if train:
+        rng = rng if rng is not None else random
+        starts = [rng.randrange(room)]
+    else:
+        starts = [int((k + 0.5) * room / num_clips) for k in range(num_clips)]
+    return [[s + j * interval for j in range(num_frames)] for s in starts]
+
+
+def uniform_clips(
+    video_frames: int,
+    num_segments: int,
+    num_clips: int = 1,
+    train: bool = False,
+    rng: random.Random | None = None,
+) -> list[list[int]]:
+    """One frame from each of `num_segments` equal segments (TSN).
+
+    Segment i covers [i * video_frames / num_segments, (i + 1) * video_frames / num_segments).
+    train: a random frame inside each segment (one clip; `num_clips` is ignored).
+    test: clip 0 takes the middle of each segment; clip k of n takes the point a fraction
+    (0.5 + k / n) mod 1 into each segment, so the clips interleave evenly.
+    Fewer frames than segments: each frame is repeated in order (i * video_frames //
+    num_segments), and every clip is the same.
+    """
+    _check_positive(video_frames=video_frames, num_segments=num_segments, num_clips=num_clips)
+    if video_frames < num_segments:
+        return [_spread(video_frames, num_segments) for _ in range(1 if train else num_clips)]
+    bounds = [i * video_frames // num_segments for i in range(num_segments + 1)]
+    if train:
+        rng = rng if rng is not None else random
+        return [[rng.randrange(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)]]
+    scale = 2 * num_clips  # positions in units of 1 / (2 n) segment, so the floor is exact
+    clips = []
+    for k in range(num_clips):
+        where = (num_clips + 2 * k) % scale  # (0.5 + k / n) mod 1, times 2 n
+        row = range(num_segments)
+        clips.append([(i * scale + where) * video_frames // (scale * num_segments) for i in row])
+    return clips
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How clips are drawn from a video. `num_clips` is the number of test-time clips (views
+    along time); training always draws one clip."""
+
+    kind: Literal["dense", "uniform"] = "dense"
+    num_frames: int = 8
+    interval: int = 16  # dense only
+    num_clips: int = 1
+
+    def __post_init__(self):
+        if self.kind not in ("dense", "uniform"):
+            raise ValueError(f"sampling kind must be 'dense' or 'uniform', not {self.kind!r}")
+        _check_positive(
+            num_frames=self.num_frames, interval=self.interval, num_clips=self.num_clips
+        )
+
+    def plan(
+        self, video_frames: int, train: bool, rng: random.Random | None = None
+    ) -> list[list[int]]:
+        """Frame ordinals of each clip: 1 clip when training, `num_clips` at test time."""
+        if self.kind == "dense":
+            return dense_clips(
+                video_frames, self.num_frames, self.interval, self.num_clips, train, rng
+            )
+        return uniform_clips(video_frames, self.num_frames, self.num_clips, train, rng)

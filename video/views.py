@@ -1,0 +1,143 @@
+"""Views: the model inputs made from a video, identical for evaluation and serving.
+
+A view is one temporal clip seen through one spatial crop: resize the short side to the image
+size, crop (centre, or three crops along the long side), normalise, and lay out as the model
+wants, (3, T, S, S). A video gives `num_clips * spatial_crops` views; the caller averages their
+scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from model.backbone import OPENAI_MEAN, OPENAI_STD
+from video.decode import DecodeLimits, Source, VideoInfo, VideoReader
+from video.sampling import SamplingSpec
+
+
+def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """(T, 3, H, W) uint8 -> (T, 3, H', W') uint8 with min(H', W') == size, aspect kept."""
+    if min(frames.shape[-2:]) == size:
+        return frames
+    return TF.resize(frames, [size], antialias=True)
+
+
+def spatial_crops(frames: torch.Tensor, size: int, num_crops: int) -> list[torch.Tensor]:
+    """Square crops of side `size` from (..., H, W) frames whose short side is >= size.
+
+    1: the centre crop. 3: left, centre, right (or top, centre, bottom for portrait frames),
+    as mmaction2's ThreeCrop, which expects the short side already resized to `size`.
+    """
+    h, w = frames.shape[-2:]
+    if min(h, w) < size:
+        raise ValueError(f"cannot take {size}x{size} crops from {w}x{h} frames; resize first")
+    top, left = (h - size) // 2, (w - size) // 2
+    if num_crops == 1:
+        corners = [(top, left)]
+    elif num_crops == 3:
+        if w >= h:
+            corners = [(top, 0), (top, left), (top, w - size)]
+        else:
+            corners = [(0, left), (top, left), (h - size, left)]
+    else:
+        raise ValueError(f"spatial_crops must be 1 or 3, got {num_crops}")
+    return [frames[..., y : y + size, x : x + size] for y, x in corners]
+
+
+def normalize(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float32 (x / 255 - mean) / std, mean and std in 0..1 units."""
+    m = torch.tensor(mean, dtype=torch.float32, device=frames.device).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=frames.device).view(3, 1, 1)
+    return frames.to(torch.float32).div_(255).sub_(m).div_(s)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    sampling: SamplingSpec = field(default_factory=SamplingSpec)
+    image_size: int = 224
+    spatial_crops: int = 1
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+
+    def __post_init__(self):
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
+            raise ValueError(f"image_size must be an int, got {self.image_size!r}")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
+        if self.spatial_crops not in (1, 3):
+            raise ValueError(f"spatial_crops must be 1 or 3, got {self.spatial_crops!r}")
+        for name in ("mean", "std"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 3:
+                raise ValueError(f"{name} needs 3 values (R, G, B), got {len(value)}")
+            object.__setattr__(self, name, value)  # lists from JSON become hashable tuples
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    @property
+    def num_views(self) -> int:
+        return self.sampling.num_clips * self.spatial_crops
+
+    @classmethod
+    def from_preprocess(cls, d: dict) -> ViewSpec:
+        """From a checkpoint's `preprocess` metadata; missing keys take the defaults, unknown
+        keys are ignored."""
+        sampling = SamplingSpec(
+            kind=d.get("sampling", "dense"),
+            num_frames=d.get("num_frames", SamplingSpec.num_frames),
+            interval=d.get("frame_interval", SamplingSpec.interval),
+            num_clips=d.get("temporal_clips", 1),
+        )
+        return cls(
+            sampling=sampling,
+            image_size=d.get("image_size", cls.image_size),
+            spatial_crops=d.get("spatial_crops", cls.spatial_crops),
+            mean=d.get("mean", OPENAI_MEAN),
+            std=d.get("std", OPENAI_STD),
+        )
+
+    def to_preprocess(self) -> dict:
+        return {
+            "num_frames": self.sampling.num_frames,
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "temporal_clips": self.sampling.num_clips,
+            "spatial_crops": self.spatial_crops,
+            "sampling": self.sampling.kind,
+            "frame_interval": self.sampling.interval,
+        }
+
+
+def make_views(clips: Sequence[torch.Tensor], spec: ViewSpec) -> torch.Tensor:
+    """Clips of (T, 3, H, W) uint8 frames -> (V, 3, T, S, S) float32, V = clips * crops,
+    clip-major: clip 0 crop 0, clip 0 crop 1, ..., clip 1 crop 0, ..."""
+    if not clips:
+        raise ValueError("make_views needs at least one clip")
+    lengths = {clip.shape[0] for clip in clips}
+    if len(lengths) != 1:
+        raise ValueError(f"clips must have the same number of frames, got {sorted(lengths)}")
+    views = []
+    for clip in clips:
+        # Resize and crop in uint8, then normalise only the pixels that are kept.
+        resized = resize_short_side(clip, spec.image_size)
+        for crop in spatial_crops(resized, spec.image_size, spec.spatial_crops):
+            views.append(normalize(crop, spec.mean, spec.std).permute(1, 0, 2, 3))
+    return torch.stack(views)
+
+
+def load_views(
+    source: Source, spec: ViewSpec, limits: DecodeLimits = DecodeLimits()
+) -> tuple[torch.Tensor, VideoInfo]:
+    """Test-time views of a video, (V, 3, T, S, S) float32, and its VideoInfo. Decodes the
+    frames of all clips in one pass: each frame once, however many clips share it."""
+    with VideoReader(source, limits) as reader:
+        plan = spec.sampling.plan(reader.info.num_frames, train=False)
+        frames = reader.read([i for clip in plan for i in clip])
+        info = reader.info
+    clips = frames.split([len(clip) for clip in plan])
+    return make_views(clips, spec), info
