@@ -1,0 +1,170 @@
+"""The HTTP API: a FastAPI app over a `VideoService`, no Ray in sight.
+
+Ray Serve wraps this app in its ingress deployment (service/deployments.py) and sets
+`app.state.service`; tests can set it to a service with an in-process model backend.
+
+Uploads are read through a byte counter, so a body over the limit is refused after at most
+limit + one chunk, never buffered whole; multipart bodies are parsed from that same stream.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from service import problems
+from service.problems import Problem
+from service.video_service import ClassifyParams, VideoService
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="zeroi2v",
+        summary="Video action recognition with ZeroI2V models: image-transformer cost, video "
+        "understanding.",
+        version="0.1.0",
+    )
+    app.add_exception_handler(Problem, problems.problem_handler)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        svc = getattr(request.app.state, "service", None)
+        if svc is not None and svc.metrics is not None:
+            route = request.scope.get("route")
+            endpoint = getattr(route, "path", "other")  # the template, never the raw URL
+            svc.metrics.observe_request(endpoint, response.status_code, time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p not in ('query', 'body'))}: {e['msg']}"
+            for e in exc.errors()
+        )
+        return problems.bad_parameters(detail).response(request.url.path)
+
+    def service(request: Request) -> VideoService:
+        return request.app.state.service
+
+    def authorize(request: Request) -> None:
+        key = service(request).settings.api_key
+        if not key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
+            raise problems.unauthorized()
+
+    @app.get("/livez", tags=["health"])
+    async def livez() -> dict:
+        """The process is up (it may still be loading the model)."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> dict:
+        """The model is loaded and warmed up: requests will be served."""
+        if not await service(request).ready():
+            raise problems.not_ready()
+        return {"status": "ready"}
+
+    @app.get("/v1/model", tags=["model"])
+    async def model_card(request: Request) -> dict:
+        """Architecture, classes, frames, views, parameters and GFLOPs of the served model."""
+        authorize(request)
+        return await service(request).model_card()
+
+    @app.post(
+        "/classify",
+        tags=["inference"],
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                            "required": ["file"],
+                        }
+                    },
+                    "video/*": {"schema": {"type": "string", "format": "binary"}},
+                },
+                "required": True,
+            }
+        },
+    )
+    async def classify(
+        request: Request,
+        top_k: int = Query(5, ge=1, description="labels to return"),
+        temporal_clips: int | None = Query(None, ge=1, description="default: the model's"),
+        spatial_crops: int | None = Query(None, description="1 or 3; default: the model's"),
+    ) -> dict:
+        """Action labels for one uploaded video (multipart field `file`, or a raw video body)."""
+        start = time.perf_counter()
+        authorize(request)
+        svc = service(request)
+        params = svc.check_params(ClassifyParams(top_k, temporal_clips, spatial_crops))
+        async with svc.admission():
+            body = await read_upload(request, svc.settings.max_upload_bytes)
+            return await svc.classify(body, params, start)
+
+    @app.post("/detect", tags=["inference"])
+    async def detect(request: Request) -> JSONResponse:
+        """AVA actor detection with actions: not implemented yet (issue 6)."""
+        authorize(request)
+        raise Problem(
+            501,
+            "Not implemented",
+            "action detection (AVA boxes with actions) is not available in this release; "
+            "use POST /classify",
+        )
+
+    return app
+
+
+async def read_upload(request: Request, limit: int) -> bytes:
+    """The video bytes of a multipart (`file` field) or raw body, refused past `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise problems.too_large(limit)
+
+    async def counted():
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                raise problems.too_large(limit)
+            yield chunk
+
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        try:
+            form = await MultiPartParser(request.headers, counted(), max_files=1).parse()
+        except MultiPartException as e:
+            raise problems.bad_parameters(f"malformed multipart body: {e.message}") from e
+        upload = form.get("file")
+        if upload is None:
+            raise problems.bad_parameters("the multipart body has no `file` field")
+        if not isinstance(upload, UploadFile):
+            raise problems.bad_parameters("the `file` field must be a file upload, not text")
+        try:
+            data = await upload.read()
+        finally:
+            await upload.close()
+    elif content_type.startswith(("video/", "application/octet-stream")) or not content_type:
+        data = b"".join([chunk async for chunk in counted()])
+    else:
+        raise problems.unsupported(
+            f"content type {content_type!r}: send multipart/form-data with a `file` field, or "
+            f"a raw video/* body"
+        )
+    if not data:
+        raise problems.empty_body()
+    return data

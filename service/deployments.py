@@ -1,0 +1,119 @@
+"""Ray Serve deployments: thin wrappers around service/ plain code.
+
+    Ingress (FastAPI, CPU)  --DeploymentHandle-->  Model (merged checkpoint, GPU when present)
+
+The ingress decodes uploads in a bounded thread pool and sends the views; the model replica
+batches views from all requests with `@serve.batch` (a request with 3 views adds 3) and returns
+each view's probabilities. `build_app` is the import path of the Serve config file
+(deploy/serve.yaml); `zeroi2v serve` runs the same application on a local Ray instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import torch
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from model.checkpoint import CheckpointInfo
+from service.app import create_app
+from service.metrics import IngressMetrics, ModelMetrics
+from service.model_runner import ModelRunner
+from service.settings import ServiceSettings
+from service.video_service import Inference, VideoService
+
+
+@serve.deployment(name="Model", max_ongoing_requests=64)
+class ModelDeployment:
+    def __init__(self, settings: dict):
+        s = ServiceSettings.model_validate(settings)
+        self.runner = ModelRunner(s.model_path, s.device, s.precision)
+        self.infer_views.set_max_batch_size(s.max_batch_size)
+        self.infer_views.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
+        self.metrics = ModelMetrics()
+        self.waiting = 0
+        self.runner.warm_up(s.max_batch_size)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def infer_views(self, items: list[tuple[torch.Tensor, float]]) -> list[tuple]:
+        start = time.perf_counter()
+        self.waiting -= len(items)
+        self.metrics.queue_depth.set(self.waiting)
+        self.metrics.batch_size.observe(len(items))
+        # In a thread: the replica's event loop keeps accepting views while the model runs.
+        probs = await asyncio.to_thread(self.runner.run, [view for view, _ in items])
+        seconds = time.perf_counter() - start
+        n = len(items)
+        return [(p, start - t, seconds, n) for p, (_, t) in zip(probs, items, strict=True)]
+
+    async def infer(self, views: torch.Tensor) -> Inference:
+        arrived = time.perf_counter()
+        self.waiting += len(views)
+        self.metrics.queue_depth.set(self.waiting)
+        results = await asyncio.gather(*(self.infer_views((v, arrived)) for v in views.unbind(0)))
+        return Inference(
+            probabilities=torch.stack([r[0] for r in results]).mean(0),
+            queue_ms=max(r[1] for r in results) * 1e3,
+            inference_ms=max(r[2] for r in results) * 1e3,
+            batch_size=max(r[3] for r in results),
+        )
+
+    def ready(self) -> bool:
+        return self.runner.warmed_up
+
+    def card(self) -> dict:
+        return self.runner.card()
+
+    def checkpoint_info(self) -> CheckpointInfo:
+        return self.runner.info
+
+
+class RayModelBackend:
+    """The ingress's view of the model deployment."""
+
+    def __init__(self, handle: DeploymentHandle):
+        self.handle = handle
+        self._card: dict | None = None
+
+    async def infer(self, views: torch.Tensor) -> Inference:
+        return await self.handle.infer.remote(views)
+
+    async def ready(self) -> bool:
+        try:
+            return await asyncio.wait_for(self.handle.ready.remote(), timeout=5)
+        except Exception:  # a replica that is starting or gone is simply not ready
+            return False
+
+    async def model_card(self) -> dict:
+        if self._card is None:
+            self._card = await self.handle.card.remote()
+        return self._card
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=64)
+@serve.ingress()
+class Ingress:
+    async def __init__(self, model: DeploymentHandle, settings: dict):
+        s = ServiceSettings.model_validate(settings)
+        backend = RayModelBackend(model)
+        # Class names and preprocessing come from the model replica: only it reads the file.
+        info = await model.checkpoint_info.remote()
+        self.service = VideoService(s, info, backend, IngressMetrics())
+
+    def __serve_build_asgi_app__(self):
+        # Built per replica, after __init__, so the app holds this replica's service.
+        app = create_app()
+        app.state.service = self.service
+        return app
+
+
+def build_app(args: dict) -> serve.Application:
+    """The application, from Serve config `args` (any ServiceSettings field) and ZEROI2V_* env."""
+    settings = ServiceSettings.from_env(**args)
+    gpus = 1 if settings.device in ("auto", "cuda") and torch.cuda.is_available() else 0
+    model = ModelDeployment.options(ray_actor_options={"num_gpus": gpus, "num_cpus": 1}).bind(
+        settings.model_dump()
+    )
+    return Ingress.bind(model, settings.model_dump())

@@ -1,0 +1,60 @@
+"""Service metrics through Ray's metrics export (`ray.serve.metrics`).
+
+Every replica records into Ray's metrics agent, and the agent serves one Prometheus endpoint per
+node (the port given to `ray start --metrics-export-port` / `ray.init(_metrics_export_port=)`)
+beside Ray Serve's built-in `ray_serve_*` metrics. Scraping the load-balanced HTTP proxy would
+see one replica per scrape; this endpoint sees all of them. Ray prefixes every name with `ray_`:
+`zeroi2v_requests_total` is scraped as `ray_zeroi2v_requests_total`.
+"""
+
+from __future__ import annotations
+
+# Seconds-long video work: from a few ms (a cached short clip on GPU) to a minute (a long upload
+# decoded on CPU).
+LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+BATCH_BUCKETS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+
+
+class IngressMetrics:
+    """Recorded by the ingress: requests by endpoint and status, stage latencies, in-flight."""
+
+    def __init__(self):
+        from ray.serve import metrics
+
+        self.requests = metrics.Counter(
+            "zeroi2v_requests", "HTTP requests by endpoint and status", ("endpoint", "status")
+        )
+        self.latency = metrics.Histogram(
+            "zeroi2v_latency_seconds",
+            "Request latency by stage (decode, queue, inference, total)",
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("stage",),
+        )
+        self.in_flight = metrics.Gauge(
+            "zeroi2v_in_flight_requests", "Requests admitted and not yet answered"
+        )
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.inc(tags={"endpoint": endpoint, "status": str(status)})
+        if endpoint in ("/classify", "/detect"):
+            self.latency.observe(seconds, tags={"stage": "total"})
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.latency.observe(seconds, tags={"stage": stage})
+
+    def set_in_flight(self, count: int) -> None:
+        self.in_flight.set(count)
+
+
+class ModelMetrics:
+    """Recorded by the model replica: batch sizes (in views) and views waiting to be batched."""
+
+    def __init__(self):
+        from ray.serve import metrics
+
+        self.batch_size = metrics.Histogram(
+            "zeroi2v_batch_size", "Views per model batch", boundaries=BATCH_BUCKETS
+        )
+        self.queue_depth = metrics.Gauge(
+            "zeroi2v_queue_depth", "Views submitted to the model and not yet in a batch"
+        )

@@ -1,0 +1,50 @@
+"""Service settings: defaults, overridable by `ZEROI2V_*` environment variables or the Serve
+config file's `args`. Validated once at start-up, so a bad value stops the service with a
+message that names it instead of failing on the first request."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ServiceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_path: str
+    device: str = "auto"  # auto: the GPU when there is one
+    precision: str = "auto"  # auto: bf16 on GPUs and on CPUs with native bf16, else fp32
+    # Uploads: the limit is enforced while reading, before the body is buffered.
+    max_upload_bytes: int = Field(100 * 2**20, ge=1024)
+    max_video_seconds: float = Field(600.0, gt=0)
+    max_video_side: int = Field(3840, ge=16)
+    decode_timeout_s: float = Field(30.0, gt=0)
+    decode_workers: int = Field(2, ge=1)
+    # Requests admitted at once by an ingress replica (decoding + queued + in inference);
+    # one more is answered 503 with Retry-After, so memory stays bounded under any load.
+    max_pending_requests: int = Field(16, ge=1)
+    retry_after_s: int = Field(1, ge=1)
+    # Dynamic batching over views: a request with 3 views adds 3 to a batch.
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_views: int = Field(30, ge=1)
+    max_top_k: int = Field(100, ge=1)
+    api_key: str | None = None
+
+    @classmethod
+    def from_env(cls, **overrides) -> ServiceSettings:
+        """Fields from `ZEROI2V_<FIELD>` variables (ZEROI2V_API_KEY, ...), then `overrides`."""
+        values = {}
+        for name in cls.model_fields:
+            raw = os.environ.get(f"ZEROI2V_{name.upper()}")
+            if raw not in (None, ""):
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+            )
+            raise ValueError(f"invalid service settings: {problems}") from None
