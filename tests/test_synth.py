@@ -149,10 +149,25 @@ def test_background_is_cluttered():
         assert len(np.unique(background, axis=0)) > 50
 
 
+def test_clutter_knob_changes_only_the_background():
+    flat = np.asarray(_background(np.random.default_rng(0), 64, clutter=0.0)).reshape(-1, 3)
+    assert len(np.unique(flat, axis=0)) == 1
+    plain = synth_frames("moving_right", np.random.default_rng(0), 8, 64, clutter=0.0)
+    busy = synth_frames("moving_right", np.random.default_rng(0), 8, 64, clutter=1.0)
+
+    # Same draws, so the same object on the same path: pixels that change over time agree.
+    def changing(clip):
+        return np.any(clip != clip[:1], axis=(0, 3))
+
+    assert np.mean(changing(plain) == changing(busy)) > 0.95
+
+
 def test_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="classes must be"):
         write_synthetic_dataset(tmp_path, classes=["moving_sideways"])
     with pytest.raises(ValueError, match="leave a split empty"):
         write_synthetic_dataset(tmp_path, num_videos_per_class=2)
+    with pytest.raises(ValueError, match="clutter"):
+        synth_frames("growing", np.random.default_rng(0), 4, 32, clutter=2)
     with pytest.raises(ValueError, match="even"):
         synth_frames("growing", np.random.default_rng(0), 4, 33)
