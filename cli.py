@@ -210,24 +210,42 @@ def synth(
     frames: int = typer.Option(16, min=4),
     size: int = typer.Option(64, min=16),
     seed: int = typer.Option(0),
+    clutter: float = typer.Option(0.25, min=0.0, max=1.0, help="background clutter, 0..1"),
 ) -> None:
     """Write a synthetic dataset (real H.264 MP4s) whose classes differ only in temporal order."""
     from training.synth import write_synthetic_dataset
 
     summary = write_synthetic_dataset(
-        out, num_videos_per_class=videos_per_class, num_frames=frames, size=size, seed=seed
-    )
+        out, num_videos_per_class=videos_per_class, num_frames=frames, size=size, seed=seed,
+        clutter=clutter,
+    )  # fmt: skip
     typer.echo(json.dumps(summary, default=str))
 
 
 @app.command()
-def serve() -> None:
-    """Start the video classification service (not built yet)."""
-    _fail(
-        "the service is not built yet (issue 4); for now use `zeroi2v merge` and "
-        "`zeroi2v info`, and `make test`",
-        code=1,
-    )
+def serve(
+    model: Path = typer.Option(None, "--model", "-m", help="merged .safetensors (default: demo)"),
+    host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+    port: int = typer.Option(8000, help="HTTP port"),
+    metrics_port: int = typer.Option(8080, help="Prometheus metrics port (Ray's export)"),
+) -> None:
+    """Serve POST /classify on a local Ray instance (builds and caches a demo model if needed)."""
+    from model import CheckpointError, read_info
+
+    if model is None:
+        from training.demo import demo_model
+
+        model = demo_model()
+    try:
+        read_info(model)
+    except CheckpointError as e:
+        _fail(str(e))
+    from service.server import serve_forever
+
+    try:
+        serve_forever({"model_path": str(model)}, host, port, metrics_port)
+    except ValueError as e:  # invalid ZEROI2V_* settings
+        _fail(str(e))
 
 
 if __name__ == "__main__":

