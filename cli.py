@@ -190,17 +190,20 @@ def predict(
 ) -> None:
     """Top-k labels for one local video file."""
     from model import CheckpointError
-    from service.classifier import VideoClassifier
+    from service.model_runner import ModelRunner
     from video.decode import VideoError
+    from video.views import ViewSpec, load_views
 
     try:
-        classifier = VideoClassifier(model)
-        spec = classifier.view_spec(clips, crops)
-        labels = classifier.classify(video, top_k, spec)
+        runner = ModelRunner(str(model))
+        spec = ViewSpec.from_preprocess(runner.info.preprocess).with_views(clips, crops)
+        views, _ = load_views(video, spec)
     except (CheckpointError, VideoError, ValueError) as e:
         _fail(str(e))
-    for label in labels:
-        typer.echo(f"{label.score:.4f}  {label.name}")
+    probs = runner.probabilities(views)
+    scores, indices = probs.topk(min(top_k, len(probs)))
+    for score, index in zip(scores.tolist(), indices.tolist(), strict=True):
+        typer.echo(f"{score:.4f}  {runner.info.class_names[index]}")
 
 
 @app.command()

@@ -38,6 +38,10 @@ class ModelRunner:
         probs = logits.float().softmax(-1).cpu()
         return list(probs.unbind(0))
 
+    def probabilities(self, views: torch.Tensor) -> torch.Tensor:
+        """One video's views (V, 3, T, S, S) -> (num_classes,), softmax averaged over views."""
+        return torch.stack(self.run(list(views.unbind(0)))).mean(0)
+
     def warm_up(self, max_batch_size: int) -> float:
         """Run the largest and the smallest batch once (kernels, allocator); returns seconds."""
         start = time.perf_counter()

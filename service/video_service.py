@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -110,13 +109,7 @@ class VideoService:
         return params
 
     def view_spec(self, params: ClassifyParams) -> ViewSpec:
-        spec = self.spec
-        if params.temporal_clips is not None:
-            sampling = dataclasses.replace(spec.sampling, num_clips=params.temporal_clips)
-            spec = dataclasses.replace(spec, sampling=sampling)
-        if params.spatial_crops is not None:
-            spec = dataclasses.replace(spec, spatial_crops=params.spatial_crops)
-        return spec
+        return self.spec.with_views(params.temporal_clips, params.spatial_crops)
 
     async def decode(self, data: bytes, spec: ViewSpec) -> torch.Tensor:
         loop = asyncio.get_running_loop()

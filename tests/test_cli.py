@@ -83,3 +83,17 @@ def test_serve_rejects_a_bad_model(tmp_path):
     junk.write_bytes(b"\x00" * 100)
     result = runner.invoke(app, ["serve", "--model", str(junk)])
     assert result.exit_code == 2 and "not a readable safetensors file" in result.output
+
+
+def test_demo_model_is_built_once_then_cached(synth_dir, tmp_path, monkeypatch):
+    """The `zeroi2v serve` default, on a tiny recipe: trained, merged, cached by recipe."""
+    import training.demo as demo
+    from model import read_info
+    from tests.helpers import tiny_config
+
+    monkeypatch.setattr(demo, "CONFIG", tiny_config(synth_dir, tmp_path / "unused", epochs=1))
+    monkeypatch.setattr(demo, "DATA", {"num_videos_per_class": 7, "num_frames": 8, "size": 32})
+    path = demo.demo_model(tmp_path / "cache")
+    assert read_info(path).class_names[:2] == ["moving_right", "moving_left"]
+    built = path.stat().st_mtime_ns
+    assert demo.demo_model(tmp_path / "cache") == path and path.stat().st_mtime_ns == built

@@ -163,4 +163,9 @@ def describe(annotations: Annotations) -> str:
     counts = [0] * len(annotations.class_names)
     for s in annotations.samples:
         counts[s.label] += 1
-    return f"{len(annotations.samples)} videos, {len(counts)} classes (min {min(counts)}/class)"
+    text = f"{len(annotations.samples)} videos, {len(counts)} classes (min {min(counts)}/class)"
+    if annotations.missing:
+        text += (
+            f", {len(annotations.missing)} listed videos not found (e.g. {annotations.missing[0]})"
+        )
+    return text

@@ -8,6 +8,7 @@ scores.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -99,6 +100,19 @@ class ViewSpec:
             mean=d.get("mean", OPENAI_MEAN),
             std=d.get("std", OPENAI_STD),
         )
+
+    def with_views(
+        self, temporal_clips: int | None = None, spatial_crops: int | None = None
+    ) -> ViewSpec:
+        """This spec with another number of temporal clips and/or spatial crops (None: keep)."""
+        spec = self
+        if temporal_clips is not None:
+            spec = dataclasses.replace(
+                spec, sampling=dataclasses.replace(spec.sampling, num_clips=temporal_clips)
+            )
+        if spatial_crops is not None:
+            spec = dataclasses.replace(spec, spatial_crops=spatial_crops)
+        return spec
 
     def to_preprocess(self) -> dict:
         return {
