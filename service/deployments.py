@@ -11,6 +11,7 @@ each view's probabilities. `build_app` is the import path of the Serve config fi
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import torch
@@ -29,6 +30,7 @@ from service.video_service import Inference, VideoService
 class ModelDeployment:
     def __init__(self, settings: dict):
         s = ServiceSettings.model_validate(settings)
+        torch.set_num_threads(s.torch_threads or os.cpu_count() or 1)
         self.runner = ModelRunner(s.model_path, s.device, s.precision)
         self.infer_views.set_max_batch_size(s.max_batch_size)
         self.infer_views.set_batch_wait_timeout_s(s.batch_wait_timeout_s)

@@ -15,6 +15,9 @@ class ServiceSettings(BaseModel):
     model_path: str
     device: str = "auto"  # auto: the GPU when there is one
     precision: str = "auto"  # auto: bf16 on GPUs and on CPUs with native bf16, else fp32
+    # Torch threads in the model replica. Ray sets OMP_NUM_THREADS to an actor's num_cpus (1),
+    # which would run a CPU model on one core; 0 means every core of the machine.
+    torch_threads: int = Field(0, ge=0)
     # Uploads: the limit is enforced while reading, before the body is buffered.
     max_upload_bytes: int = Field(100 * 2**20, ge=1024)
     max_video_seconds: float = Field(600.0, gt=0)
