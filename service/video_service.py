@@ -14,6 +14,7 @@ import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -160,8 +161,10 @@ class VideoService:
 
     @property
     def model_id(self) -> str:
+        """The checkpoint's file name and architecture, e.g. k400:ViT-B-16/8f/400c."""
         cfg = self.info.config
-        return f"zeroi2v-{cfg.backbone}-{cfg.num_frames}f-{cfg.num_classes}c"
+        name = Path(self.settings.model_path).stem
+        return f"{name}:{cfg.backbone}/{cfg.num_frames}f/{cfg.num_classes}c"
 
     async def ready(self) -> bool:
         return await self.backend.ready()
