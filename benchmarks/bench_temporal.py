@@ -34,21 +34,25 @@ from training.train import train
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_predictions(model, cfg, class_names) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities (N, C), labels (N,)) of the test split, all views, in file order."""
+def test_predictions(models: list, cfg, class_names) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per model, (N, C) probabilities over the test split (all views, file order); labels.
+
+    Each video is decoded once and every model sees the same views."""
     annotations = load_annotations(cfg, "test", class_names=class_names)
     data = VideoClips(annotations, cfg.view_spec(train=False), train=False)
     loader = DataLoader(
         data, batch_size=8, sampler=ShardedSampler(len(data), shuffle=False, pad=False),
         collate_fn=collate, num_workers=cfg.data.num_workers,
     )  # fmt: skip
-    probs, labels = [], []
+    probs: list[list[torch.Tensor]] = [[] for _ in models]
+    labels = []
     for views, y, broken in loader:
         if broken:
             raise RuntimeError(f"unreadable test videos: {broken}")
-        probs.append(video_probabilities(model, views))
+        for out, model in zip(probs, models, strict=True):
+            out.append(video_probabilities(model, views))
         labels.append(y)
-    return torch.cat(probs), torch.cat(labels)
+    return [torch.cat(p) for p in probs], torch.cat(labels)
 
 
 def pair_accuracy(pred: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> float:
@@ -72,12 +76,12 @@ def run_arm(name: str, config: Path, overrides: list[str], out_root: Path) -> di
     seconds = time.perf_counter() - start
     log = [json.loads(x) for x in (out_root / name / "log.jsonl").read_text().splitlines()]
     rates = [r["clips_per_s"] for r in log if "clips_per_s" in r]
-    model, class_names, _ = ckpt_io.rebuild_model(ckpt_io.load(out_root / name / "last.pt"))
-    probs, labels = test_predictions(model, cfg, class_names)
-    merged_path, fold_error = export_merged(
-        out_root / name / "last.pt", out_root / f"{name}.safetensors"
+    last = out_root / name / "last.pt"
+    model, class_names, _ = ckpt_io.rebuild_model(ckpt_io.load(last))
+    merged_path, fold_error = export_merged(last, out_root / f"{name}.safetensors")
+    (probs, merged_probs), labels = test_predictions(
+        [model, load_merged(merged_path)], cfg, class_names
     )
-    merged_probs, _ = test_predictions(load_merged(merged_path), cfg, class_names)
     pred = probs.argmax(-1)
     return {
         "temporal_offsets": cfg.model.temporal_offsets,
