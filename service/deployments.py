@@ -39,27 +39,25 @@ class ModelDeployment:
         self.runner.warm_up(s.max_batch_size)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def infer_views(self, items: list[tuple[torch.Tensor, float]]) -> list[tuple]:
+    async def infer_views(self, views: list[torch.Tensor]) -> list[tuple]:
         start = time.perf_counter()
-        self.waiting -= len(items)
+        self.waiting -= len(views)
         self.metrics.queue_depth.set(self.waiting)
-        self.metrics.batch_size.observe(len(items))
-        # In a thread: the replica's event loop keeps accepting views while the model runs.
-        probs = await asyncio.to_thread(self.runner.run, [view for view, _ in items])
+        self.metrics.batch_size.observe(len(views))
+        # Run here, blocking the replica's loop: views that arrive meanwhile wait and form the
+        # next batch. (Run in a thread, batches went concurrent and stayed at 1-2 views.)
+        probs = self.runner.run(views)
         seconds = time.perf_counter() - start
-        n = len(items)
-        return [(p, start - t, seconds, n) for p, (_, t) in zip(probs, items, strict=True)]
+        return [(p, seconds, len(views)) for p in probs]
 
     async def infer(self, views: torch.Tensor) -> Inference:
-        arrived = time.perf_counter()
         self.waiting += len(views)
         self.metrics.queue_depth.set(self.waiting)
-        results = await asyncio.gather(*(self.infer_views((v, arrived)) for v in views.unbind(0)))
+        results = await asyncio.gather(*(self.infer_views(v) for v in views.unbind(0)))
         return Inference(
             probabilities=torch.stack([r[0] for r in results]).mean(0),
-            queue_ms=max(r[1] for r in results) * 1e3,
-            inference_ms=max(r[2] for r in results) * 1e3,
-            batch_size=max(r[3] for r in results),
+            inference_ms=max(r[1] for r in results) * 1e3,
+            batch_size=max(r[2] for r in results),
         )
 
     def ready(self) -> bool:
