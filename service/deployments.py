@@ -76,15 +76,21 @@ class RayModelBackend:
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle
         self._card: dict | None = None
+        self._ready = False
 
     async def infer(self, views: torch.Tensor) -> Inference:
         return await self.handle.infer.remote(views)
 
     async def ready(self) -> bool:
-        try:
-            return await asyncio.wait_for(self.handle.ready.remote(), timeout=5)
-        except Exception:  # a replica that is starting or gone is simply not ready
-            return False
+        # Once warmed up, stay ready: a replica busy with a long CPU batch would otherwise
+        # time out here and be reported unready exactly when it is working. Ray Serve's own
+        # health checks restart a replica that dies.
+        if not self._ready:
+            try:
+                self._ready = await asyncio.wait_for(self.handle.ready.remote(), timeout=5)
+            except Exception:  # a replica that is starting or gone is simply not ready
+                return False
+        return self._ready
 
     async def model_card(self) -> dict:
         if self._card is None:
