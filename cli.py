@@ -115,14 +115,13 @@ def evaluate(
 ) -> None:
     """Multi-view evaluation: top-1, top-5, per-class accuracy, confusion matrix."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from model import CheckpointError, load_merged
+    from model import CheckpointError, load_merged, read_info
     from model.precision import autocast_dtype
     from training import checkpoint as ckpt_io
     from training.annotations import AnnotationError
     from training.config import ConfigError, load_config
-    from training.data import ShardedSampler, VideoClips, collate, load_annotations
+    from training.data import load_annotations, test_loader
     from training.evaluate import evaluate as run_eval
     from training.evaluate import write_report
 
@@ -137,7 +136,7 @@ def evaluate(
     try:
         cfg = load_config(config, overrides)
         if checkpoint.suffix == ".safetensors":
-            model, class_names = load_merged(checkpoint, device), read_class_names(checkpoint)
+            model, class_names = load_merged(checkpoint, device), read_info(checkpoint).class_names
         else:
             model, class_names, _ = ckpt_io.rebuild_model(ckpt_io.load(checkpoint))
             model = model.to(device)
@@ -151,14 +150,7 @@ def evaluate(
         _fail(
             f"config samples {spec.sampling.num_frames} frames; model takes {model.cfg.num_frames}"
         )
-    data = VideoClips(annotations, spec, train=False)
-    loader = DataLoader(
-        data,
-        batch_size=max(1, 8 // spec.num_views),
-        sampler=ShardedSampler(len(data), shuffle=False, pad=False),
-        num_workers=cfg.data.num_workers,
-        collate_fn=collate,
-    )
+    loader = test_loader(annotations, spec, cfg.data.num_workers, max(1, 8 // spec.num_views))
     from tqdm import tqdm
 
     result = run_eval(
@@ -172,12 +164,6 @@ def evaluate(
         json.dumps({"videos": result.count, "views": spec.num_views, "top1": result.top1,
                     "top5": result.top5, "report": str(paths["json"])})
     )  # fmt: skip
-
-
-def read_class_names(checkpoint: Path) -> list[str]:
-    from model import read_info
-
-    return read_info(checkpoint).class_names
 
 
 @app.command()

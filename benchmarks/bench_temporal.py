@@ -20,13 +20,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from model import load_merged
 from model.zeroi2v import video_probabilities
 from training import checkpoint as ckpt_io
 from training.config import load_config
-from training.data import ShardedSampler, VideoClips, collate, load_annotations
+from training.data import load_annotations, test_loader
 from training.export import export_merged
 from training.synth import write_synthetic_dataset
 from training.train import train
@@ -39,11 +38,7 @@ def test_predictions(models: list, cfg, class_names) -> tuple[list[torch.Tensor]
 
     Each video is decoded once and every model sees the same views."""
     annotations = load_annotations(cfg, "test", class_names=class_names)
-    data = VideoClips(annotations, cfg.view_spec(train=False), train=False)
-    loader = DataLoader(
-        data, batch_size=8, sampler=ShardedSampler(len(data), shuffle=False, pad=False),
-        collate_fn=collate, num_workers=cfg.data.num_workers,
-    )  # fmt: skip
+    loader = test_loader(annotations, cfg.view_spec(train=False), cfg.data.num_workers)
     probs: list[list[torch.Tensor]] = [[] for _ in models]
     labels = []
     for views, y, broken in loader:

@@ -14,6 +14,7 @@ import torch
 from model import load_merged, read_info
 from model.flops import model_macs
 from model.precision import autocast, autocast_dtype
+from model.zeroi2v import video_probabilities
 
 
 class ModelRunner:
@@ -40,7 +41,7 @@ class ModelRunner:
 
     def probabilities(self, views: torch.Tensor) -> torch.Tensor:
         """One video's views (V, 3, T, S, S) -> (num_classes,), softmax averaged over views."""
-        return torch.stack(self.run(list(views.unbind(0)))).mean(0)
+        return video_probabilities(self.model, views[None].to(self.device), self.amp)[0].cpu()
 
     def warm_up(self, max_batch_size: int) -> float:
         """Run the largest and the smallest batch once (kernels, allocator); returns seconds."""

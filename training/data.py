@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from training.annotations import (
     Annotations,
@@ -157,6 +157,20 @@ class ShardedSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self._shard()) - self.start
+
+
+def test_loader(
+    annotations: Annotations, spec: ViewSpec, num_workers: int, videos_per_batch: int = 8
+) -> DataLoader:
+    """Every video once, in file order, as collate()'s (views, labels, broken) triples."""
+    data = VideoClips(annotations, spec, train=False)
+    return DataLoader(
+        data,
+        batch_size=videos_per_batch,
+        sampler=ShardedSampler(len(data), shuffle=False, pad=False),
+        num_workers=num_workers,
+        collate_fn=collate,
+    )
 
 
 def describe(annotations: Annotations) -> str:
