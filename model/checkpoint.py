@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from model.adapters import adapters_of
-from model.backbone import OPENAI_MEAN, OPENAI_STD
+from model.backbone import normalization
 from model.config import ZeroI2VConfig
 from model.zeroi2v import ZeroI2V, build_model
 
@@ -42,11 +42,12 @@ class CheckpointInfo:
 
 
 def default_preprocess(cfg: ZeroI2VConfig) -> dict:
+    mean, std = normalization(cfg.backbone)
     return {
         "num_frames": cfg.num_frames,
         "image_size": cfg.image_size,
-        "mean": list(OPENAI_MEAN),
-        "std": list(OPENAI_STD),
+        "mean": list(mean),
+        "std": list(std),
         "temporal_clips": 1,
         "spatial_crops": 1,
     }

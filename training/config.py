@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from model import ZeroI2VConfig
+from model.backbone import normalization
 from video.sampling import SamplingSpec
 from video.views import ViewSpec
 
@@ -123,10 +124,13 @@ class ExperimentConfig(_Section):
             interval=self.data.frame_interval,
             num_clips=1 if train else self.data.test_clips,
         )
+        mean, std = normalization(self.model.backbone)
         return ViewSpec(
             sampling=sampling,
             image_size=self.model.image_size,
             spatial_crops=1 if train else self.data.test_crops,
+            mean=mean,
+            std=std,
         )
 
 
