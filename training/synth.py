@@ -202,18 +202,21 @@ def synth_frames(
     return _render(cls_name, rng, num_frames, size, clutter)
 
 
-def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) -> None:
-    """H.264 (libx264, yuv420p) MP4 with a keyframe every 8 frames, so seeking is cheap.
-    One encoder thread and no scene-cut keyframes keep the bytes reproducible."""
+def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, keyint: int = 8) -> None:
+    """H.264 (libx264, yuv420p) MP4 of (N, H, W, 3) uint8 frames with a keyframe every `keyint`
+    frames, so seeking is cheap (keyint=1: intra-only). One encoder thread and no scene-cut
+    keyframes keep the bytes reproducible."""
     _, height, width, _ = frames.shape
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {
-            "crf": "18",
+            # Intra-only files get one constant quantiser, so a frame is coded the same wherever
+            # it stands: a clip and its reversal then hold bit-identical frames.
+            **({"qp": "12"} if keyint == 1 else {"crf": "18"}),
             "preset": "veryfast",
             "threads": "1",
-            "x264-params": "keyint=8:min-keyint=8:scenecut=0:mbtree=0",
+            "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:mbtree=0",
         }
         stream.codec_context.thread_count = 1
         for frame in frames:

@@ -105,6 +105,10 @@ IMAGE_DEMUXERS = {"image2", "image2pipe", "tty", "bin", "xbin", "adf", "idf", "i
 REFUSED_DEMUXERS = {"hls", "dash", "concat", "sdp", "rtsp", "rtp"}
 
 
+class _PtsOutOfOrder(Exception):
+    """Decoded frames came out with decreasing timestamps."""
+
+
 def _is_image(name: str) -> bool:
     return any(n in IMAGE_DEMUXERS or n.endswith("_pipe") for n in name.split(","))
 
@@ -323,8 +327,15 @@ class VideoReader:
                 if ordinal >= targets[-1]:
                     break
         else:
-            for group in self._groups(targets):
-                self._decode_group(group, frames)
+            try:
+                for group in self._groups(targets):
+                    self._decode_group(group, frames)
+            except _PtsOutOfOrder:
+                # The decoder hands frames out in display order but with timestamps that go
+                # backwards (AVI with "packed B-frames"): the timestamps do not say the order,
+                # so count frames from the start instead.
+                self._sequential = True
+                return self._decode_targets(targets)
         missing = [i for i in targets if i not in frames]
         if missing:
             shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
@@ -353,12 +364,15 @@ class VideoReader:
     def _decode_group(self, group: list[int], frames: dict[int, np.ndarray]) -> None:
         keyframe = self._keyframe_before(group[0])
         for attempt in range(3):
-            want, first_seen = set(group), None
+            want, first_seen, last_pts = set(group), None, None
             start = None if keyframe is None else self._pts[keyframe]
             for frame, trusted in self._decode_from(start):
                 ordinal = self._ordinal_of.get(frame.pts)
                 if ordinal is None:
                     continue
+                if last_pts is not None and frame.pts < last_pts:
+                    raise _PtsOutOfOrder
+                last_pts = frame.pts
                 if first_seen is None:
                     first_seen = ordinal
                 if ordinal in want and trusted:
