@@ -194,9 +194,12 @@ def ray_service(merged_model):
 def test_ray_ready_and_real_videos(ray_service):
     base, _ = ray_service
     assert httpx.get(f"{base}/readyz", timeout=30).status_code == 200
-    for name in ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"):
+    # H.264 MP4s, MPEG-4 AVI with packed B-frames and audio, Cinepak AVI.
+    for name in ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4", "Megamind.avi",
+                 "tree.avi"):  # fmt: skip
+        kind = "video/mp4" if name.endswith(".mp4") else "video/x-msvideo"
         with open(packaged_clip(name), "rb") as f:
-            r = httpx.post(f"{base}/classify", files={"file": (name, f, "video/mp4")}, timeout=60)
+            r = httpx.post(f"{base}/classify", files={"file": (name, f, kind)}, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["timings"]["total_ms"] > 0
 
