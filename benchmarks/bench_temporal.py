@@ -117,7 +117,7 @@ def write_dataset(name: str, out: Path, args) -> None:
         missing = sorted(set(CLIPS) - set(clips))
         if missing:
             raise SystemExit(f"packaged clips missing: {missing}; run `make test-deps`")
-        write_arrow_dataset(clips, out)
+        write_arrow_dataset(clips, out, target_fps=args.fps)
 
 
 def main() -> None:
@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=None, help="default: per dataset")
     parser.add_argument("--data", type=Path, default=None, help="default: data/<dataset>")
     parser.add_argument("--videos-per-class", type=int, default=200, help="synth only")
+    parser.add_argument("--fps", type=float, default=8.0, help="arrow only: sampled frame rate")
     parser.add_argument("--clutter", type=float, default=0.25, help="synth only")
     parser.add_argument("--arms", default="zeroi2v,image_model", help="also: random_init")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/bench_<dataset>")
