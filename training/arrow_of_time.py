@@ -59,7 +59,7 @@ def write_arrow_dataset(
     train_step: int = 2,
     test_step: int = 4,
 ) -> dict:
-    """Write clips/<split>/<video>_<start>_{fwd,bwd}.mp4, train.txt, test.txt and classes.txt.
+    """Write clips/<split>/<video>_<start>_{forward,backward}.mp4, train/test.txt, classes.txt.
 
     `train_step` / `test_step` are the distances between clip starts, in sampled frames (a clip
     is `num_frames` sampled frames), so training clips overlap more than test clips do.
