@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -100,7 +101,8 @@ def train(
     except (ConfigError, AnnotationError, BackboneError, TrainingError, TrainCheckpointError) as e:
         _fail(str(e))
     if summary:
-        typer.echo(json.dumps({k: summary[k] for k in ("videos", "top1", "top5")}))
+        keys = ("key_frames", "mAP") if "mAP" in summary else ("videos", "top1", "top5")
+        typer.echo(json.dumps({k: summary[k] for k in keys}))
 
 
 @app.command("eval")
@@ -113,7 +115,8 @@ def evaluate(
     out: Path = typer.Option(None, help="folder for eval.json and eval_confusion.png"),
     set_: list[str] = typer.Option([], "--set", help="config override"),
 ) -> None:
-    """Multi-view evaluation: top-1, top-5, per-class accuracy, confusion matrix."""
+    """Multi-view evaluation: top-1, top-5, per-class accuracy, confusion matrix; for detection
+    models, frame mAP@0.5 with per-class AP (AVA protocol)."""
     import torch
 
     from model import CheckpointError, load_merged, read_info
@@ -140,6 +143,11 @@ def evaluate(
         else:
             model, class_names, _ = ckpt_io.rebuild_model(ckpt_io.load(checkpoint))
             model = model.to(device)
+        if cfg.model.task != model.cfg.task:
+            _fail(f"{checkpoint} is a {model.cfg.task} model; {config} is a {cfg.model.task} setup")
+        if cfg.model.task == "detect":
+            _evaluate_detection(cfg, model, class_names, split, out, device)
+            return
         annotations = load_annotations(cfg, split, class_names=class_names)
     except (ConfigError, CheckpointError, ckpt_io.TrainCheckpointError, AnnotationError) as e:
         _fail(str(e))
@@ -166,6 +174,45 @@ def evaluate(
     )  # fmt: skip
 
 
+def _evaluate_detection(cfg, model, class_names, split, out, device) -> None:
+    """Frame mAP@0.5 (AVA protocol) on an AVA-format split: eval JSON + AP chart + the
+    detections in the AVA results format (detections.csv)."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from model.precision import autocast_dtype
+    from training.ava import write_detections
+    from training.ava_eval import write_detection_report
+    from training.detection import AvaKeyFrames, collate_keyframes, evaluate_detection, load_ava
+
+    d = cfg.data
+    data = load_ava(cfg, split)
+    if data.class_names != class_names:
+        _fail(f"the model's actions differ from the label map {d.labels}")
+    loader = DataLoader(
+        AvaKeyFrames(data, cfg.view_spec(train=False), False, time_offset=d.time_offset),
+        batch_size=8, num_workers=d.num_workers, collate_fn=collate_keyframes,
+    )  # fmt: skip
+    try:
+        detections: dict = {}
+        report = evaluate_detection(
+            model, loader, data, d.detect_boxes, d.detect_threshold, device,
+            autocast_dtype(cfg.train.amp, device),
+            progress=lambda it: tqdm(it, desc="eval", unit="batch"), detections_out=detections,
+        )  # fmt: skip
+    except ValueError as e:  # e.g. detect_boxes: proposals without a proposals file
+        _fail(str(e))
+    folder = out or cfg.path(cfg.train.out_dir)
+    paths = write_detection_report(report, folder, name=f"eval_{split}")
+    write_detections(folder / f"detections_{split}.csv", detections)
+    for b in report.broken:
+        typer.secho(f"warning: unreadable clip {b}", fg="yellow", err=True)
+    typer.echo(
+        json.dumps({"key_frames": report.key_frames, "boxes": d.detect_boxes, "mAP": report.mAP,
+                    "box_recall": report.box_recall, "report": str(paths["json"])})
+    )  # fmt: skip
+
+
 @app.command()
 def predict(
     video: Path = typer.Argument(..., help="a video file"),
@@ -174,40 +221,81 @@ def predict(
     clips: int = typer.Option(None, help="temporal clips (default: the checkpoint's)"),
     crops: int = typer.Option(None, help="spatial crops, 1 or 3 (default: the checkpoint's)"),
 ) -> None:
-    """Top-k labels for one local video file."""
+    """Top-k labels for one local video file (a detection model: actors with their top-k
+    actions at each 1 Hz key frame)."""
     from model import CheckpointError
     from service.model_runner import ModelRunner
     from video.decode import VideoError
-    from video.views import ViewSpec, load_views
+    from video.views import ViewSpec, load_keyframe_clips, load_views
 
     try:
         runner = ModelRunner(str(model))
         spec = ViewSpec.from_preprocess(runner.info.preprocess).with_views(clips, crops)
-        views, _ = load_views(video, spec)
+        if runner.task == "detect":
+            key_clips, times, _ = load_keyframe_clips(video, spec)
+        else:
+            views, _ = load_views(video, spec)
     except (CheckpointError, VideoError, ValueError) as e:
         _fail(str(e))
+    names = runner.info.class_names
+    if runner.task == "detect":
+        found = runner.detect([(clip, None) for clip in key_clips])
+        for t, actors in zip(times, found, strict=True):
+            keep = actors.box_scores >= 0.3
+            typer.echo(f"{t:.1f} s: {int(keep.sum())} actor(s)")
+            for box, box_score, scores in zip(actors.boxes[keep], actors.box_scores[keep],
+                                              actors.scores[keep], strict=True):  # fmt: skip
+                top = scores.topk(min(top_k, len(scores)))
+                pairs = zip(top.values.tolist(), top.indices.tolist(), strict=True)
+                labels = ", ".join(f"{names[i]} {s:.2f}" for s, i in pairs)
+                coords = ", ".join(f"{v:.3f}" for v in box.tolist())
+                typer.echo(f"  [{coords}] person {box_score:.2f}: {labels}")
+        return
     probs = runner.probabilities(views)
     scores, indices = probs.topk(min(top_k, len(probs)))
     for score, index in zip(scores.tolist(), indices.tolist(), strict=True):
-        typer.echo(f"{score:.4f}  {runner.info.class_names[index]}")
+        typer.echo(f"{score:.4f}  {names[index]}")
+
+
+class SynthTask(str, Enum):
+    classify = "classify"
+    ava = "ava"
 
 
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="folder to write the dataset into"),
-    videos_per_class: int = typer.Option(60, min=3),
-    frames: int = typer.Option(16, min=4),
-    size: int = typer.Option(64, min=16),
+    task: SynthTask = typer.Option(
+        SynthTask.classify, help="classify: order-only classes; ava: AVA-style action detection"
+    ),
+    videos_per_class: int = typer.Option(60, min=3, help="classify only"),
+    frames: int = typer.Option(16, min=4, help="classify only: frames per clip"),
+    train_videos: int = typer.Option(48, min=1, help="ava only"),
+    val_videos: int = typer.Option(16, min=0, help="ava only"),
+    seconds: int = typer.Option(6, min=2, help="ava only: video length (key frames at 1 Hz)"),
+    size: int = typer.Option(None, min=16, help="frame side [default: 64 classify, 112 ava]"),
     seed: int = typer.Option(0),
     clutter: float = typer.Option(0.25, min=0.0, max=1.0, help="background clutter, 0..1"),
 ) -> None:
-    """Write a synthetic dataset (real H.264 MP4s) whose classes differ only in temporal order."""
-    from training.synth import write_synthetic_dataset
+    """Write a synthetic dataset of real H.264 MP4s: classes that differ only in temporal order,
+    or (--task ava) AVA-style action detection with AVA's annotation files."""
+    try:
+        if task is SynthTask.ava:
+            from training.synth_ava import write_synthetic_ava
 
-    summary = write_synthetic_dataset(
-        out, num_videos_per_class=videos_per_class, num_frames=frames, size=size, seed=seed,
-        clutter=clutter,
-    )  # fmt: skip
+            summary = write_synthetic_ava(
+                out, num_train_videos=train_videos, num_val_videos=val_videos, seconds=seconds,
+                size=112 if size is None else size, seed=seed, clutter=clutter,
+            )  # fmt: skip
+        else:
+            from training.synth import write_synthetic_dataset
+
+            summary = write_synthetic_dataset(
+                out, num_videos_per_class=videos_per_class, num_frames=frames,
+                size=64 if size is None else size, seed=seed, clutter=clutter,
+            )  # fmt: skip
+    except ValueError as e:
+        _fail(str(e))
     typer.echo(json.dumps(summary, default=str))
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TrainableSet = Literal["adapters", "full", "linear_probe", "temporal_heads"]
+Task = Literal["classify", "detect"]
 
 
 class ZeroI2VConfig(BaseModel):
@@ -14,6 +15,8 @@ class ZeroI2VConfig(BaseModel):
 
     `temporal_offsets` is one Δt per attention head applied to every block, or one such list per
     block. `None` (or all zeros) is the plain image model with temporal mean pooling.
+    `task` picks the head: "classify" (one label per clip, `num_classes` classes) or "detect"
+    (AVA: `num_classes` actions per actor box, plus an actor localiser; model/detection.py).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -31,6 +34,8 @@ class ZeroI2VConfig(BaseModel):
     head_dropout: float = Field(0.5, ge=0.0, lt=1.0)
     temporal_embedding: bool = False
     trainable: TrainableSet = "adapters"
+    task: Task = "classify"
+    roi_size: int = Field(7, ge=1, description="detect: RoIAlign output side")
 
     @field_validator("temporal_offsets")
     @classmethod

@@ -38,18 +38,22 @@ class ZeroI2V(nn.Module):
         self.cfg = cfg
         self.backbone = backbone
         width = backbone.transformer.width
-        self.head = ClassificationHead(width, cfg.num_classes, cfg.head_dropout)
+        self.head = self.make_head(width)
         self.temporal_embedding = (
             nn.Parameter(torch.zeros(cfg.num_frames, width)) if cfg.temporal_embedding else None
         )
         self._grad_masks: list[torch.utils.hooks.RemovableHandle] = []
 
+    def make_head(self, width: int) -> nn.Module:
+        return ClassificationHead(width, self.cfg.num_classes, self.cfg.head_dropout)
+
     @property
     def attention_layers(self) -> list[STDHAttention]:
         return [b.attn for b in self.backbone.transformer.resblocks]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 3, T, H, W) float frames -> per-frame pooled features (B, T, width)."""
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, T, H, W) float frames -> last-block tokens (B * T, tokens, width),
+        clip-major."""
         if x.ndim != 5 or x.shape[1] != 3:
             raise ValueError(f"expected frames (B, 3, T, H, W), got {tuple(x.shape)}")
         b, _, t, h, w = x.shape
@@ -61,9 +65,12 @@ class ZeroI2V(nn.Module):
         if self.temporal_embedding is not None:
             tokens = tokens.view(b, t, -1, tokens.shape[-1]) + self.temporal_embedding[:, None]
             tokens = tokens.view(b * t, -1, tokens.shape[-1])
-        tokens = visual.transformer(tokens)
-        pooled, _ = visual._pool(tokens)
-        return pooled.view(b, t, -1)
+        return visual.transformer(tokens)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, T, H, W) float frames -> per-frame pooled features (B, T, width)."""
+        pooled, _ = self.backbone._pool(self.forward_tokens(x))
+        return pooled.view(x.shape[0], x.shape[2], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x).mean(dim=1))
@@ -159,9 +166,15 @@ def to_video_backbone(visual: VisionTransformer, cfg: ZeroI2VConfig) -> VisionTr
 
 
 def build_model(cfg: ZeroI2VConfig) -> ZeroI2V:
-    """A ZeroI2V model: frozen (maybe pre-trained) backbone, trainable set per cfg.trainable."""
+    """A ZeroI2V model for cfg.task: frozen (maybe pre-trained) backbone, trainable set per
+    cfg.trainable. "detect" gives the ActionDetector subclass (model/detection.py)."""
     visual = create_visual(cfg.backbone, cfg.image_size, cfg.pretrained)
-    model = ZeroI2V(cfg, to_video_backbone(visual, cfg))
+    if cfg.task == "detect":
+        from model.detection import ActionDetector  # it subclasses ZeroI2V
+
+        model = ActionDetector(cfg, to_video_backbone(visual, cfg))
+    else:
+        model = ZeroI2V(cfg, to_video_backbone(visual, cfg))
     model.select_trainable(cfg.trainable)
     return model
 

@@ -20,7 +20,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service import problems
 from service.problems import Problem
-from service.video_service import ClassifyParams, VideoService
+from service.video_service import ClassifyParams, DetectParams, VideoService, parse_boxes
 
 
 def create_app() -> FastAPI:
@@ -110,27 +110,84 @@ def create_app() -> FastAPI:
         start = time.perf_counter()
         authorize(request)
         svc = service(request)
+        svc.require_task("classify")
         params = svc.check_params(ClassifyParams(top_k, temporal_clips, spatial_crops))
         async with svc.admission():
-            body = await read_upload(request, svc.settings.max_upload_bytes)
+            body, _ = await read_upload(request, svc.settings.max_upload_bytes)
             return await svc.classify(body, params, start)
 
-    @app.post("/detect", tags=["inference"])
-    async def detect(request: Request) -> JSONResponse:
-        """AVA actor detection with actions: not implemented yet (issue 6)."""
+    @app.post(
+        "/detect",
+        tags=["inference"],
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "file": {"type": "string", "format": "binary"},
+                                "boxes": {
+                                    "type": "string",
+                                    "description": 'JSON {"<seconds>": [[x1, y1, x2, y2], '
+                                    "...]}: actor boxes per key frame, normalised to [0, 1]; "
+                                    "key frames without boxes use the model's localiser",
+                                },
+                            },
+                            "required": ["file"],
+                        }
+                    },
+                    "video/*": {"schema": {"type": "string", "format": "binary"}},
+                },
+                "required": True,
+            }
+        },
+    )
+    async def detect(
+        request: Request,
+        timestamps: str | None = Query(
+            None,
+            description="key-frame times in seconds, comma-separated (default: 1 Hz, or "
+            "the times of the given boxes)",
+        ),
+        boxes: str | None = Query(None, description="as the `boxes` form field (raw uploads)"),
+        score_threshold: float = Query(0.3, ge=0, le=1, description="box score x action prob."),
+        box_threshold: float = Query(0.3, ge=0, le=1, description="localiser box score"),
+    ) -> dict:
+        """AVA-style detection: per key frame, actor boxes with their actions and scores."""
+        start = time.perf_counter()
         authorize(request)
-        raise Problem(
-            501,
-            "Not implemented",
-            "action detection (AVA boxes with actions) is not available in this release; "
-            "use POST /classify",
-        )
+        svc = service(request)
+        svc.require_task("detect")
+        times = None
+        if timestamps is not None:
+            try:
+                times = [float(t) for t in timestamps.split(",") if t.strip()]
+            except ValueError:
+                raise problems.bad_parameters(
+                    f"timestamps: {timestamps!r} is not a comma-separated list of seconds"
+                ) from None
+        params = DetectParams(times, parse_boxes(boxes), score_threshold, box_threshold)
+        svc.check_detect_params(params)
+        async with svc.admission():
+            body, form = await read_upload(request, svc.settings.max_upload_bytes, ("boxes",))
+            if "boxes" in form:
+                if boxes is not None:
+                    raise problems.bad_parameters("boxes: send them as the form field or the "
+                                                  "query parameter, not both")  # fmt: skip
+                params = svc.check_detect_params(
+                    DetectParams(times, parse_boxes(form["boxes"]), score_threshold, box_threshold)
+                )
+            return await svc.detect(body, params, start)
 
     return app
 
 
-async def read_upload(request: Request, limit: int) -> bytes:
-    """The video bytes of a multipart (`file` field) or raw body, refused past `limit` bytes."""
+async def read_upload(
+    request: Request, limit: int, fields: tuple[str, ...] = ()
+) -> tuple[bytes, dict[str, str]]:
+    """The video bytes of a multipart (`file` field) or raw body, refused past `limit` bytes,
+    and the multipart text fields named in `fields` that the body carries."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise problems.too_large(limit)
@@ -144,6 +201,7 @@ async def read_upload(request: Request, limit: int) -> bytes:
             yield chunk
 
     content_type = request.headers.get("content-type", "")
+    texts: dict[str, str] = {}
     if content_type.startswith("multipart/form-data"):
         try:
             form = await MultiPartParser(request.headers, counted(), max_files=1).parse()
@@ -154,6 +212,10 @@ async def read_upload(request: Request, limit: int) -> bytes:
             raise problems.bad_parameters("the multipart body has no `file` field")
         if not isinstance(upload, UploadFile):
             raise problems.bad_parameters("the `file` field must be a file upload, not text")
+        for name in fields:
+            value = form.get(name)
+            if value is not None:  # max_files=1: a second file is refused by the parser
+                texts[name] = value
         try:
             data = await upload.read()
         finally:
@@ -167,4 +229,4 @@ async def read_upload(request: Request, limit: int) -> bytes:
         )
     if not data:
         raise problems.empty_body()
-    return data
+    return data, texts

@@ -4,7 +4,8 @@
 
 The ingress decodes uploads in a bounded thread pool and sends the views; the model replica
 batches views from all requests with `@serve.batch` (a request with 3 views adds 3) and returns
-each view's probabilities. `build_app` is the import path of the Serve config file
+each view's probabilities. /detect goes the same way with key-frame clips (and any boxes the
+request sent) batched by `detect_clips`. `build_app` is the import path of the Serve config file
 (deploy/serve.yaml); `zeroi2v serve` runs the same application on a local Ray instance.
 """
 
@@ -23,7 +24,7 @@ from service.app import create_app
 from service.metrics import IngressMetrics, ModelMetrics
 from service.model_runner import ModelRunner
 from service.settings import ServiceSettings
-from service.video_service import Inference, VideoService
+from service.video_service import DetectInference, Inference, VideoService
 
 
 @serve.deployment(name="Model", max_ongoing_requests=64)
@@ -34,6 +35,8 @@ class ModelDeployment:
         self.runner = ModelRunner(s.model_path, s.device, s.precision)
         self.infer_views.set_max_batch_size(s.max_batch_size)
         self.infer_views.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
+        self.detect_clips.set_max_batch_size(s.max_batch_size)
+        self.detect_clips.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
         self.metrics = ModelMetrics()
         self.waiting = 0
         self.runner.warm_up(s.max_batch_size)
@@ -49,6 +52,29 @@ class ModelDeployment:
         probs = self.runner.run(views)
         seconds = time.perf_counter() - start
         return [(p, seconds, len(views)) for p in probs]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def detect_clips(self, items: list[tuple]) -> list[tuple]:
+        """Detection's batch: key-frame clips of any requests, each with its boxes or None."""
+        start = time.perf_counter()
+        self.waiting -= len(items)
+        self.metrics.queue_depth.set(self.waiting)
+        self.metrics.batch_size.observe(len(items))
+        found = self.runner.detect(items)
+        seconds = time.perf_counter() - start
+        return [(f, seconds, len(items)) for f in found]
+
+    async def detect(self, clips: torch.Tensor, boxes: list) -> DetectInference:
+        self.waiting += len(clips)
+        self.metrics.queue_depth.set(self.waiting)
+        results = await asyncio.gather(
+            *(self.detect_clips((c, b)) for c, b in zip(clips.unbind(0), boxes, strict=True))
+        )
+        return DetectInference(
+            actors=[r[0] for r in results],
+            inference_ms=max(r[1] for r in results) * 1e3,
+            batch_size=max(r[2] for r in results),
+        )
 
     async def infer(self, views: torch.Tensor) -> Inference:
         self.waiting += len(views)
@@ -80,6 +106,9 @@ class RayModelBackend:
 
     async def infer(self, views: torch.Tensor) -> Inference:
         return await self.handle.infer.remote(views)
+
+    async def detect(self, clips: torch.Tensor, boxes: list) -> DetectInference:
+        return await self.handle.detect.remote(clips, boxes)
 
     async def ready(self) -> bool:
         # Once warmed up, stay ready: a replica busy with a long CPU batch would otherwise

@@ -1,8 +1,10 @@
 """The model side of the service: a merged checkpoint on the best device, run on view batches.
 
-Plain code; the Ray model deployment wraps `run` in `@serve.batch`. A batch is a list of single
-views (3, T, S, S) from any number of requests; each comes back as its softmax probabilities,
-and the caller averages a request's views.
+Plain code; the Ray model deployment wraps `run` (classification) and `detect` (detection) in
+`@serve.batch`. A classification batch is a list of single views (3, T, S, S) from any number of
+requests; each comes back as its softmax probabilities, and the caller averages a request's
+views. A detection batch is a list of key-frame clips, each with the boxes a user sent or None
+(then the model's localiser finds the actors); each comes back as its ActorDetections.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 import torch
 
 from model import load_merged, read_info
+from model.detection import ActorDetections
 from model.flops import model_macs
 from model.precision import autocast, autocast_dtype
 from model.zeroi2v import video_probabilities
@@ -39,6 +42,28 @@ class ModelRunner:
         probs = logits.float().softmax(-1).cpu()
         return list(probs.unbind(0))
 
+    @property
+    def task(self) -> str:
+        return self.model.cfg.task
+
+    # Localiser boxes down to this score come back; each request keeps those above its own
+    # box threshold, so requests with different thresholds share a batch.
+    MIN_BOX_SCORE = 0.05
+    MAX_ACTORS = 20
+
+    @torch.inference_mode()
+    def detect(
+        self, items: list[tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> list[ActorDetections]:
+        """Actors and action probabilities for key-frame clips (3, T, S, S), each with its given
+        boxes (K, 4) normalised, or None for the localiser's."""
+        batch = torch.stack([clip for clip, _ in items]).to(self.device, non_blocking=True)
+        with autocast(self.device, self.amp):
+            return self.model.detect(
+                batch, [boxes for _, boxes in items], threshold=self.MIN_BOX_SCORE,
+                max_actors=self.MAX_ACTORS,
+            )  # fmt: skip
+
     def probabilities(self, views: torch.Tensor) -> torch.Tensor:
         """One video's views (V, 3, T, S, S) -> (num_classes,), softmax averaged over views."""
         return video_probabilities(self.model, views[None].to(self.device), self.amp)[0].cpu()
@@ -48,7 +73,10 @@ class ModelRunner:
         start = time.perf_counter()
         view = torch.zeros(self.clip_shape)
         for size in sorted({max_batch_size, 1}, reverse=True):
-            self.run([view] * size)
+            if self.task == "detect":
+                self.detect([(view, None)] * size)
+            else:
+                self.run([view] * size)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.warmed_up = True
@@ -59,6 +87,7 @@ class ModelRunner:
         attn = self.model.attention_layers
         views = info.preprocess.get("temporal_clips", 1) * info.preprocess.get("spatial_crops", 1)
         return {
+            "task": cfg.task,
             "backbone": cfg.backbone,
             "blocks": len(attn),
             "heads": attn[0].num_heads,

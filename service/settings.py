@@ -33,6 +33,9 @@ class ServiceSettings(BaseModel):
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_views: int = Field(30, ge=1)
     max_top_k: int = Field(100, ge=1)
+    # /detect: key frames per request (its clips batch like views) and boxes per key frame.
+    max_keyframes: int = Field(32, ge=1)
+    max_boxes: int = Field(32, ge=1)
     api_key: str | None = None
 
     @classmethod

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,10 +22,11 @@ from typing import Protocol
 import torch
 
 from model.checkpoint import CheckpointInfo
+from model.detection import ActorDetections
 from service import problems
 from service.settings import ServiceSettings
 from video.decode import DecodeLimits, DecodeTimeout, VideoError, VideoTooLarge
-from video.views import ViewSpec, load_views
+from video.views import TimestampError, ViewSpec, load_keyframe_clips, load_views
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,14 @@ class ClassifyParams:
     top_k: int = 5
     temporal_clips: int | None = None
     spatial_crops: int | None = None
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    timestamps: list[float] | None = None  # key-frame times in seconds; None: 1 Hz
+    boxes: dict[float, list[list[float]]] | None = None  # per key-frame time, normalised xyxy
+    score_threshold: float = 0.3  # box score x action probability, as AVA scores
+    box_threshold: float = 0.3  # localiser boxes below this are not actors
 
 
 @dataclass(frozen=True)
@@ -42,8 +53,20 @@ class Inference:
     batch_size: int  # views in the largest batch this request's views ran in
 
 
+@dataclass(frozen=True)
+class DetectInference:
+    """One request's key frames from the model, in order."""
+
+    actors: list[ActorDetections]
+    inference_ms: float
+    batch_size: int  # key-frame clips in the largest batch this request's clips ran in
+
+
 class ModelBackend(Protocol):
     async def infer(self, views: torch.Tensor) -> Inference: ...
+    async def detect(
+        self, clips: torch.Tensor, boxes: list[torch.Tensor | None]
+    ) -> DetectInference: ...
     async def ready(self) -> bool: ...
     async def model_card(self) -> dict: ...
 
@@ -95,6 +118,20 @@ class VideoService:
         if self.metrics:
             self.metrics.set_in_flight(self.pending)
 
+    @property
+    def task(self) -> str:
+        return self.info.config.task
+
+    def require_task(self, task: str) -> None:
+        if self.task != task:
+            endpoint = {"classify": "/classify", "detect": "/detect"}
+            raise problems.Problem(
+                409,
+                "Wrong endpoint for this model",
+                f"the served model is a {self.task} model ({self.model_id}); use POST "
+                f"{endpoint[self.task]}",
+            )
+
     def check_params(self, params: ClassifyParams) -> ClassifyParams:
         s = self.settings
         if params.top_k > s.max_top_k:
@@ -112,18 +149,21 @@ class VideoService:
         return self.spec.with_views(params.temporal_clips, params.spatial_crops)
 
     async def decode(self, data: bytes, spec: ViewSpec) -> torch.Tensor:
+        views, _ = await self._decode(load_views, io.BytesIO(data), spec, self.limits)
+        return views
+
+    async def _decode(self, fn, *args):
         loop = asyncio.get_running_loop()
         try:
-            views, _ = await loop.run_in_executor(
-                self.pool, load_views, io.BytesIO(data), spec, self.limits
-            )
+            return await loop.run_in_executor(self.pool, fn, *args)
         except VideoTooLarge as e:
             raise problems.Problem(413, "Video too large", str(e)) from e
         except DecodeTimeout as e:
             raise problems.Problem(422, "Video too slow to decode", str(e)) from e
         except VideoError as e:
             raise problems.unsupported(str(e)) from e
-        return views
+        except TimestampError as e:
+            raise problems.bad_parameters(f"timestamps: {e}") from e
 
     async def classify(self, data: bytes, params: ClassifyParams, start: float) -> dict:
         spec = self.view_spec(params)
@@ -162,6 +202,100 @@ class VideoService:
             },
         }
 
+    def check_detect_params(self, params: DetectParams) -> DetectParams:
+        """Validate times and boxes before any decoding; 422 names the first bad value."""
+        s = self.settings
+        times = list(params.timestamps or [])
+        for t in times:
+            if not math.isfinite(t) or t < 0:
+                raise problems.bad_parameters(f"timestamps: {t} is not a time in seconds >= 0")
+        boxes = params.boxes or {}
+        for t, given in boxes.items():
+            if len(given) > s.max_boxes:
+                raise problems.bad_parameters(
+                    f"boxes at {t} s: {len(given)} boxes; at most {s.max_boxes} per key frame"
+                )
+            for box in given:
+                check_box(t, box)
+        times = self.keyframe_times(params)
+        if times is not None and len(times) > s.max_keyframes:
+            raise problems.bad_parameters(
+                f"timestamps: {len(times)} key frames; at most {s.max_keyframes}"
+            )
+        return params
+
+    @staticmethod
+    def keyframe_times(params: DetectParams) -> list[float] | None:
+        """The requested times plus those with boxes (a box's time is a key frame too); only
+        the boxes' times when no timestamps are sent; None (1 Hz) when neither is."""
+        boxes = list(params.boxes or {})
+        if params.timestamps is None:
+            return boxes or None
+        return list(dict.fromkeys([*params.timestamps, *boxes]))
+
+    async def detect(self, data: bytes, params: DetectParams, start: float) -> dict:
+        t0 = time.perf_counter()
+        clips, times, _ = await self._decode(
+            load_keyframe_clips, io.BytesIO(data), self.spec, self.keyframe_times(params),
+            self.limits,
+        )  # fmt: skip
+        if len(times) > self.settings.max_keyframes:  # the 1 Hz default of a long video
+            raise problems.bad_parameters(
+                f"the video has {len(times)} key frames at 1 Hz; at most "
+                f"{self.settings.max_keyframes}: send `timestamps`"
+            )
+        decode_s = time.perf_counter() - t0
+        given = params.boxes or {}
+        boxes = [torch.tensor(given[t]).view(-1, 4) if t in given else None for t in times]
+        t1 = time.perf_counter()
+        result = await self.backend.detect(clips, boxes)
+        queue_ms = max(0.0, (time.perf_counter() - t1) * 1e3 - result.inference_ms)
+        names = self.info.class_names
+        keyframes = []
+        for t, given_boxes, found in zip(times, boxes, result.actors, strict=True):
+            actors = []
+            for k in range(len(found.boxes)):
+                box_score = float(found.box_scores[k])
+                if given_boxes is None and box_score < params.box_threshold:
+                    continue
+                scores = found.scores[k]
+                order = scores.argsort(descending=True).tolist()
+                actors.append(
+                    {
+                        "box": [round(v, 4) for v in found.boxes[k].tolist()],
+                        "box_score": round(box_score, 6),
+                        "box_source": "request" if given_boxes is not None else "localiser",
+                        "actions": [
+                            {"label": names[i], "index": i, "score": round(float(scores[i]), 6)}
+                            for i in order
+                            if scores[i] >= params.score_threshold
+                        ],
+                    }
+                )
+            keyframes.append({"timestamp": t, "actors": actors})
+        total_s = time.perf_counter() - start
+        if self.metrics:
+            self.metrics.observe_stage("decode", decode_s)
+            self.metrics.observe_stage("queue", queue_ms / 1e3)
+            self.metrics.observe_stage("inference", result.inference_ms / 1e3)
+        s = self.spec
+        return {
+            "keyframes": keyframes,
+            "clip": {
+                "frames_per_clip": s.sampling.num_frames,
+                "frame_interval": s.sampling.interval,
+                "image_size": s.image_size,
+            },
+            "model": self.model_id,
+            "batch_size": result.batch_size,
+            "timings": {
+                "decode_ms": round(decode_s * 1e3, 2),
+                "queue_ms": round(queue_ms, 2),
+                "inference_ms": round(result.inference_ms, 2),
+                "total_ms": round(total_s * 1e3, 2),
+            },
+        }
+
     @property
     def model_id(self) -> str:
         """The checkpoint's file name and architecture, e.g. k400:ViT-B-16/8f/400c."""
@@ -174,3 +308,44 @@ class VideoService:
 
     async def model_card(self) -> dict:
         return {"id": self.model_id, **(await self.backend.model_card())}
+
+
+def check_box(t: float, box) -> None:
+    where = f"boxes at {t} s"
+    if not isinstance(box, list | tuple) or len(box) != 4:
+        raise problems.bad_parameters(f"{where}: {box!r} is not [x1, y1, x2, y2]")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box):
+        raise problems.bad_parameters(f"{where}: {box!r} has a value that is not a number")
+    x1, y1, x2, y2 = box
+    if not all(0 <= v <= 1 for v in box):
+        raise problems.bad_parameters(
+            f"{where}: {box} is out of range; coordinates are normalised to [0, 1]"
+        )
+    if x1 >= x2 or y1 >= y2:
+        raise problems.bad_parameters(
+            f"{where}: {box} is inverted or empty (need x1 < x2, y1 < y2)"
+        )
+
+
+def parse_boxes(text: str | None) -> dict[float, list[list[float]]] | None:
+    """The `boxes` form field: JSON {"<seconds>": [[x1, y1, x2, y2], ...], ...}."""
+    if text is None or not text.strip():
+        return None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise problems.bad_parameters(f"boxes: not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise problems.bad_parameters(
+            'boxes: expected a JSON object {"<seconds>": [[x1, y1, x2, y2], ...]}'
+        )
+    out = {}
+    for key, given in doc.items():
+        try:
+            t = float(key)
+        except ValueError:
+            raise problems.bad_parameters(f"boxes: key {key!r} is not a time in seconds") from None
+        if not isinstance(given, list):
+            raise problems.bad_parameters(f"boxes at {key} s: expected a list of boxes")
+        out[t] = given
+    return out

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from model import ZeroI2VConfig
-from tests.helpers import TINY, tiny_config
+from tests.helpers import TINY, tiny_config, tiny_detect_config
 from training.synth import write_synthetic_dataset
 
 
@@ -35,4 +35,27 @@ def trained_run(synth_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("trained") / "run"
     train(load_config(tiny_config(synth_dir, out)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_ava_dir(tmp_path_factory) -> Path:
+    """A tiny synthetic AVA set: 4 train + 2 val videos of 3 s at 8 fps, 64 px."""
+    from training.synth_ava import write_synthetic_ava
+
+    out = tmp_path_factory.mktemp("synth_ava")
+    write_synthetic_ava(
+        out, num_train_videos=4, num_val_videos=2, seconds=3, size=64, seed=1, exclude_fraction=0.2
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_detector(synth_ava_dir, tmp_path_factory) -> Path:
+    """A finished two-epoch detection run of the tiny model (its out_dir holds last.pt)."""
+    from training.config import load_config
+    from training.train import train
+
+    out = tmp_path_factory.mktemp("detector") / "run"
+    train(load_config(tiny_detect_config(synth_ava_dir, out)))
     return out

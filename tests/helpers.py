@@ -52,3 +52,42 @@ def tiny_config(synth_dir: Path, out_dir: Path, **train) -> Path:
     path = out_dir.parent / f"{out_dir.name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def tiny_detect_config(ava_dir: Path, out_dir: Path, **train) -> Path:
+    """The tiny model as an AVA detector on a synthetic AVA set (training/synth_ava.py)."""
+    ann = ava_dir / "annotations"
+    doc = {
+        "model": {
+            "backbone": TINY,
+            "task": "detect",
+            "num_frames": 4,
+            "image_size": 32,
+            "temporal_offsets": [1, -1, 0, 0],
+            "roi_size": 3,
+            "head_dropout": 0.0,
+        },
+        "data": {
+            "format": "ava",
+            "root": str(ava_dir / "videos"),
+            "labels": str(ann / "ava_action_list_v2.2.pbtxt"),
+            "train": str(ann / "ava_train_v2.2.csv"),
+            "val": str(ann / "ava_val_v2.2.csv"),
+            "exclusions": str(ann / "ava_val_excluded_timestamps_v2.2.csv"),
+            "proposals": str(ann / "ava_val_proposals.csv"),
+            "frame_interval": 2,
+            "num_workers": 0,
+        },
+        "train": {
+            "epochs": 2,
+            "batch_size": 4,
+            "lr": 1e-3,
+            "warmup_epochs": 0.5,
+            "amp": "off",
+            "out_dir": str(out_dir),
+            **train,
+        },
+    }
+    path = out_dir.parent / f"{out_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path

@@ -16,7 +16,7 @@ from model import read_info
 from service.app import create_app
 from service.model_runner import ModelRunner
 from service.settings import ServiceSettings
-from service.video_service import Inference, VideoService
+from service.video_service import DetectInference, Inference, VideoService
 from training.export import export_merged
 from video.packaged import packaged_clip
 
@@ -40,6 +40,11 @@ class DirectBackend:
         start = time.perf_counter()
         probs = self.runner.probabilities(views)
         return Inference(probs, (time.perf_counter() - start) * 1e3, len(views))
+
+    async def detect(self, clips: torch.Tensor, boxes: list) -> DetectInference:
+        start = time.perf_counter()
+        found = self.runner.detect(list(zip(clips.unbind(0), boxes, strict=True)))
+        return DetectInference(found, (time.perf_counter() - start) * 1e3, len(clips))
 
     async def ready(self) -> bool:
         return self.runner.warmed_up
@@ -155,12 +160,114 @@ def test_full_queue_answers_503_with_retry_after(merged_model, synth_dir):
     assert service.pending == 0
 
 
-def test_detect_is_501_and_docs_exist(merged_model):
+def test_docs_exist(merged_model):
     client = local_client(merged_model)
-    r = client.post("/detect")
-    assert r.status_code == 501 and r.headers["content-type"] == "application/problem+json"
     assert client.get("/docs").status_code == 200
-    assert "/classify" in client.get("/openapi.json").json()["paths"]
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/classify" in paths and "/detect" in paths
+
+
+# ---- /detect ----
+
+
+@pytest.fixture(scope="session")
+def merged_detector(trained_detector, tmp_path_factory) -> Path:
+    path, _ = export_merged(
+        trained_detector / "last.pt", tmp_path_factory.mktemp("d") / "detector.safetensors"
+    )
+    return path
+
+
+@pytest.fixture
+def ava_video(synth_ava_dir) -> bytes:
+    return next((synth_ava_dir / "videos").glob("synth_val_*.mp4")).read_bytes()
+
+
+def test_detect_with_the_localiser(merged_detector, ava_video):
+    client = local_client(merged_detector)
+    r = client.post(
+        "/detect?box_threshold=0&score_threshold=0",
+        files={"file": ("v.mp4", ava_video, "video/mp4")},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [k["timestamp"] for k in body["keyframes"]] == [1.0, 2.0]  # 1 Hz in a 3 s clip
+    actors = body["keyframes"][0]["actors"]
+    assert actors and all(a["box_source"] == "localiser" for a in actors)
+    assert len(actors[0]["actions"]) == 8  # threshold 0: every action, best first
+    scores = [a["score"] for a in actors[0]["actions"]]
+    assert scores == sorted(scores, reverse=True)
+    assert actors[0]["actions"][0]["score"] <= actors[0]["box_score"]  # box x action
+    assert set(body["timings"]) == {"decode_ms", "queue_ms", "inference_ms", "total_ms"}
+    assert body["clip"]["frames_per_clip"] == 4
+    # A high box threshold keeps no localiser actor.
+    r = client.post("/detect?box_threshold=1", files={"file": ("v.mp4", ava_video, "video/mp4")})
+    assert all(not k["actors"] for k in r.json()["keyframes"])
+
+
+def test_detect_with_given_boxes(merged_detector, ava_video):
+    client = local_client(merged_detector)
+    boxes = {"1.5": [[0.1, 0.2, 0.5, 0.9], [0.5, 0.1, 0.9, 0.6]]}
+    r = client.post(
+        "/detect?score_threshold=0",
+        files={"file": ("v.mp4", ava_video, "video/mp4")},
+        data={"boxes": json.dumps(boxes)},
+    )
+    assert r.status_code == 200, r.text
+    (frame,) = r.json()["keyframes"]  # no timestamps: the boxes' times
+    assert frame["timestamp"] == 1.5
+    assert [a["box"] for a in frame["actors"]] == boxes["1.5"]
+    assert all(a["box_source"] == "request" and a["box_score"] == 1 for a in frame["actors"])
+    # With timestamps, the boxes' time is added; other key frames use the localiser.
+    r = client.post(
+        "/detect",
+        params={"timestamps": "0.5,2", "boxes": json.dumps(boxes)},
+        content=ava_video,
+        headers={"content-type": "video/mp4"},
+    )
+    assert r.status_code == 200, r.text
+    assert [k["timestamp"] for k in r.json()["keyframes"]] == [0.5, 2.0, 1.5]
+
+
+@pytest.mark.parametrize(
+    ("params", "boxes", "detail"),
+    [
+        ({}, {"1": [[0.1, 0.2, 1.2, 0.9]]}, "out of range"),
+        ({}, {"1": [[0.6, 0.2, 0.5, 0.9]]}, "inverted"),
+        ({}, {"1": [[0.1, 0.1, 0.2, 0.2]] * 3}, "at most 2"),
+        ({}, {"1": [[0.1, 0.2, 0.5]]}, "is not [x1, y1, x2, y2]"),
+        ({}, {"1": [["a", 0.2, 0.5, 0.9]]}, "not a number"),
+        ({}, {"soon": [[0.1, 0.2, 0.5, 0.9]]}, "not a time"),
+        ({}, "[1, 2", "not valid JSON"),
+        ({"timestamps": "1,x"}, None, "comma-separated"),
+        ({"timestamps": "-1"}, None, "not a time in seconds"),
+        ({"timestamps": "7"}, None, "outside the video"),
+        ({"timestamps": "0.1,0.2,0.3,0.4"}, None, "at most 3"),
+        ({"score_threshold": "2"}, None, "score_threshold"),
+    ],
+)
+def test_bad_detect_parameters_are_422(merged_detector, ava_video, params, boxes, detail):
+    client = local_client(merged_detector, max_boxes=2, max_keyframes=3)
+    data = {"boxes": boxes if isinstance(boxes, str) else json.dumps(boxes)} if boxes else None
+    r = client.post(
+        "/detect", params=params, files={"file": ("v.mp4", ava_video, "video/mp4")}, data=data
+    )
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert detail in r.json()["detail"]
+
+
+def test_detect_errors_and_wrong_endpoints(merged_detector, merged_model, ava_video):
+    detector = local_client(merged_detector)
+    r = detector.post("/detect", files={"file": ("x.mp4", b"\x00" * 5000, "video/mp4")})
+    assert r.status_code == 415
+    r = detector.post("/classify", files={"file": ("v.mp4", ava_video, "video/mp4")})
+    assert r.status_code == 409 and "use POST /detect" in r.json()["detail"]
+    r = local_client(merged_model).post(
+        "/detect", files={"file": ("v.mp4", ava_video, "video/mp4")}
+    )
+    assert r.status_code == 409 and "use POST /classify" in r.json()["detail"]
+    assert detector.get("/v1/model").json()["task"] == "detect"
 
 
 def test_model_card(merged_model):

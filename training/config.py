@@ -18,7 +18,7 @@ from model.backbone import normalization
 from video.sampling import SamplingSpec
 from video.views import ViewSpec
 
-AnnotationFormat = Literal["video_list", "kinetics", "ssv2", "ucf101", "hmdb51"]
+AnnotationFormat = Literal["video_list", "kinetics", "ssv2", "ucf101", "hmdb51", "ava"]
 
 
 class ConfigError(ValueError):
@@ -39,6 +39,8 @@ class DataConfig(_Section):
       ssv2:       labels (labels.json), train, val (train.json, validation.json)
       ucf101:     class_names (classInd.txt), train, val (trainlist0N.txt, testlist0N.txt)
       hmdb51:     splits_dir, split (1-3)
+      ava:        labels (label-map .pbtxt), train, val (annotation CSVs), optional exclusions
+                  and proposals (for val); videos are ROOT/<video_id>.<ext> (model.task: detect)
     """
 
     format: AnnotationFormat = "video_list"
@@ -54,6 +56,15 @@ class DataConfig(_Section):
     frame_interval: int = Field(16, ge=1)
     test_clips: int = Field(1, ge=1)
     test_crops: Literal[1, 3] = 1
+    # AVA only. Timestamps minus time_offset are seconds into the video file: 900 for the
+    # usual 15-minute cuts (AVA's key frames run from 902 s to 1798 s of each movie).
+    exclusions: str | None = None
+    proposals: str | None = None
+    time_offset: float = 0.0
+    # Actor boxes at evaluation: a person detector's (proposals, the AVA protocol), the
+    # model's own localiser, or the ground truth (measures the action head alone).
+    detect_boxes: Literal["proposals", "localiser", "groundtruth"] = "proposals"
+    detect_threshold: float = Field(0.3, ge=0.0, le=1.0, description="localiser box score")
     # Fraction of a split's videos that may fail to decode before the run stops.
     max_broken_fraction: float = Field(0.01, ge=0.0, le=1.0)
     num_workers: int = Field(2, ge=0)
@@ -66,6 +77,7 @@ class DataConfig(_Section):
             "ssv2": ["labels", "train", "val"],
             "ucf101": ["class_names", "train", "val"],
             "hmdb51": ["splits_dir"],
+            "ava": ["labels", "train", "val"],
         }[self.format]
         missing = [k for k in need if getattr(self, k) is None]
         if missing:
@@ -84,6 +96,9 @@ class AugmentConfig(_Section):
     randaugment_magnitude: int = Field(7, ge=0, le=30)
     randaugment_ops: int = Field(4, ge=0)
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)
+    # Detection trains on the ground-truth boxes, each edge moved by up to this fraction of the
+    # box's size; the clip itself is only resized (crops and flips would move the boxes).
+    box_jitter: float = Field(0.1, ge=0.0, le=0.5)
 
 
 class TrainConfig(_Section):
@@ -96,6 +111,7 @@ class TrainConfig(_Section):
     warmup_start_factor: float = Field(0.1, gt=0, le=1)
     min_lr_factor: float = Field(0.0, ge=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    localiser_weight: float = Field(1.0, ge=0, description="detect: weight of the box loss")
     clip_grad: float | None = Field(1.0, gt=0)
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     seed: int = 0
@@ -111,6 +127,15 @@ class ExperimentConfig(_Section):
     train: TrainConfig = TrainConfig()
     # Folder the relative paths in `data` and `train.out_dir` are resolved against.
     base_dir: str = "."
+
+    @model_validator(mode="after")
+    def _task_matches_format(self):
+        if (self.model.task == "detect") != (self.data.format == "ava"):
+            raise ValueError(
+                f"model.task {self.model.task!r} does not go with data.format "
+                f"{self.data.format!r}: detection trains on AVA-format data, and only detection"
+            )
+        return self
 
     def path(self, value: str) -> Path:
         p = Path(value).expanduser()

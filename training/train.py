@@ -5,7 +5,8 @@
 
 Outputs in train.out_dir: last.pt (resume point, written atomically every epoch and every
 train.checkpoint_every_steps optimiser steps), log.jsonl (one JSON object per logged step and
-per evaluation), eval.json + eval_confusion.png (the final multi-view evaluation).
+per evaluation), eval.json + eval_confusion.png (the final multi-view evaluation; for
+model.task detect, eval.json + eval_ap.png: frame mAP@0.5 on AVA-format data).
 """
 
 from __future__ import annotations
@@ -28,8 +29,16 @@ from model import build_model
 from model.precision import autocast, autocast_dtype
 from training import checkpoint as ckpt_io
 from training.augment import ClipAugment
+from training.ava_eval import write_detection_report
 from training.config import ExperimentConfig, load_config
 from training.data import ShardedSampler, VideoClips, collate, describe, load_annotations
+from training.detection import (
+    AvaKeyFrames,
+    collate_keyframes,
+    detection_loss,
+    evaluate_detection,
+    load_ava,
+)
 from training.evaluate import evaluate, write_report
 
 
@@ -78,23 +87,36 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
     amp = autocast_dtype(t.amp, device)
 
     # ---- data ----
-    train_set = load_annotations(cfg, "train")
-    class_names = train_set.class_names
-    val_set = load_annotations(cfg, "val", class_names=class_names)
-    if val_set.class_names != class_names:
-        raise TrainingError("train and val annotations disagree on the class names")
+    detect = cfg.model.task == "detect"
+    train_spec, test_spec = cfg.view_spec(train=True), cfg.view_spec(train=False)
+    if detect:  # AVA key frames: clips with actor boxes and multi-label actions
+        train_set, val_set = load_ava(cfg, "train"), load_ava(cfg, "val")
+        class_names = train_set.class_names
+        if val_set.action_ids != train_set.action_ids:
+            raise TrainingError("train and val use different label maps")
+        offset = cfg.data.time_offset
+        train_data = AvaKeyFrames(train_set, train_spec, True, cfg.augment.box_jitter, offset)
+        val_data = AvaKeyFrames(val_set, test_spec, False, time_offset=offset)
+        collate_fn = collate_keyframes
+    else:
+        train_set = load_annotations(cfg, "train")
+        class_names = train_set.class_names
+        val_set = load_annotations(cfg, "val", class_names=class_names)
+        if val_set.class_names != class_names:
+            raise TrainingError("train and val annotations disagree on the class names")
     model_cfg = cfg.model
     if "num_classes" in model_cfg.model_fields_set and model_cfg.num_classes != len(class_names):
         raise TrainingError(
             f"model.num_classes is {model_cfg.num_classes} but the data has {len(class_names)}"
         )
     model_cfg = model_cfg.model_copy(update={"num_classes": len(class_names)})
-    train_spec, test_spec = cfg.view_spec(train=True), cfg.view_spec(train=False)
-    augment = ClipAugment(
-        cfg.augment, model_cfg.image_size, train_spec.mean, train_spec.std, class_names
-    )
-    train_data = VideoClips(train_set, train_spec, train=True, augment=augment)
-    val_data = VideoClips(val_set, test_spec, train=False)
+    if not detect:
+        augment = ClipAugment(
+            cfg.augment, model_cfg.image_size, train_spec.mean, train_spec.std, class_names
+        )
+        train_data = VideoClips(train_set, train_spec, train=True, augment=augment)
+        val_data = VideoClips(val_set, test_spec, train=False)
+        collate_fn = collate
     sampler = ShardedSampler(len(train_data), rank, world, shuffle=True, seed=t.seed)
     val_sampler = ShardedSampler(len(val_data), rank, world, shuffle=False, pad=False)
     workers = cfg.data.num_workers
@@ -105,7 +127,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
             batch_size=batch,
             sampler=sampler,
             num_workers=workers,
-            collate_fn=collate,
+            collate_fn=collate_fn,
             drop_last=drop_last,
             pin_memory=device.type == "cuda",
             # Own generator: creating an iterator must not consume the global RNG (dropout),
@@ -167,7 +189,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
         print(
-            f"train: {describe(train_set)}; val: {describe(val_set)}\n"
+            f"train: {train_set.describe() if detect else describe(train_set)}; "
+            f"val: {val_set.describe() if detect else describe(val_set)}\n"
             f"model: {model_cfg.backbone}, {model.count_parameters() / 1e6:.2f} M params, "
             f"{model.count_parameters(trainable_only=True) / 1e6:.3f} M trainable "
             f"({model_cfg.trainable}); {world} process(es) on {device}, "
@@ -252,7 +275,11 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
             sync = trained.no_sync() if distributed and not last_micro else nullcontext()
             with sync:
                 with autocast(device, amp):
-                    loss = loss_fn(trained(frames).float(), labels) / t.grad_accum
+                    if detect:
+                        loss = detection_loss(trained, frames, labels, t.localiser_weight)
+                    else:
+                        loss = loss_fn(trained(frames).float(), labels)
+                    loss = loss / t.grad_accum
                 scaler.scale(loss).backward()
             clips += len(labels)
             if not last_micro:
@@ -288,23 +315,29 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
         save_checkpoint()
         final = epoch == t.epochs
         if final or (t.eval_every_epochs and epoch % t.eval_every_epochs == 0):
-            result = evaluate(
-                model,
-                loader(val_data, val_sampler, max(1, per_device // test_spec.num_views), False),
-                class_names,
-                device,
-                amp,
+            val_loader = loader(
+                val_data, val_sampler, max(1, per_device // test_spec.num_views), False
             )
-            summary = {"epoch": epoch, "step": step, "top1": result.top1, "top5": result.top5}
+            if detect:
+                d = cfg.data
+                result = evaluate_detection(
+                    model, val_loader, val_set, d.detect_boxes, d.detect_threshold, device, amp
+                )
+                summary = {"epoch": epoch, "step": step, "mAP": result.mAP}
+                line = f"val mAP@0.5 {result.mAP:.4f} ({result.key_frames} key frames)"
+            else:
+                result = evaluate(model, val_loader, class_names, device, amp)
+                summary = {"epoch": epoch, "step": step, "top1": result.top1, "top5": result.top5}
+                line = (
+                    f"val top1 {result.top1:.4f} top5 {result.top5:.4f} "
+                    f"({result.count} videos, {test_spec.num_views} views)"
+                )
             write_log({"eval": summary, "broken_val": len(result.broken)})
             if main_process:
-                print(
-                    f"epoch {epoch}: val top1 {result.top1:.4f} top5 {result.top5:.4f} "
-                    f"({result.count} videos, {test_spec.num_views} views)",
-                    file=sys.stderr,
-                )
+                print(f"epoch {epoch}: {line}", file=sys.stderr)
                 if final:
-                    write_report(result, out_dir)
+                    write = write_detection_report if detect else write_report
+                    write(result, out_dir, name="eval")
 
     if log:
         log.close()

@@ -1,10 +1,12 @@
 """Which frames make a clip: pure functions of the frame count, no I/O.
 
-Two samplers, as in mmaction2:
+Three samplers, two as in mmaction2 and one as in AVA:
 - dense (SampleFrames): `num_frames` frames `interval` apart; the ZeroI2V Kinetics recipe
   (8 x 16 for ViT-B). Test time takes `num_clips` clips with evenly spaced starts.
 - uniform (TSN, UniformSampleFrames): the video cut into `num_segments` equal segments, one
   frame from each; covers the whole video whatever its length (Something-Something recipe).
+- keyframe (AVA): `num_frames` frames `interval` apart centred on a key frame; the clip a
+  detector sees for the actors at that instant.
 
 Every index returned is a frame ordinal in [0, video_frames).
 """
@@ -93,6 +95,18 @@ def uniform_clips(
         row = range(num_segments)
         clips.append([(i * scale + where) * video_frames // (scale * num_segments) for i in row])
     return clips
+
+
+def keyframe_clip(key_frame: int, video_frames: int, num_frames: int, interval: int) -> list[int]:
+    """`num_frames` ordinals `interval` apart with the key frame at position num_frames // 2
+    (SlowFast's AVA clips: the key frame is the middle one). Ordinals past either end of the
+    video repeat the first or last frame, so a key frame near an end keeps its place in the clip.
+    """
+    _check_positive(video_frames=video_frames, num_frames=num_frames, interval=interval)
+    if not 0 <= key_frame < video_frames:
+        raise ValueError(f"key frame {key_frame} is outside the video's {video_frames} frames")
+    first = key_frame - (num_frames // 2) * interval
+    return [min(max(first + j * interval, 0), video_frames - 1) for j in range(num_frames)]
 
 
 @dataclass(frozen=True)

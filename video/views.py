@@ -17,7 +17,7 @@ import torchvision.transforms.v2.functional as TF
 
 from model.backbone import OPENAI_MEAN, OPENAI_STD
 from video.decode import DecodeLimits, Source, VideoInfo, VideoReader
-from video.sampling import SamplingSpec
+from video.sampling import SamplingSpec, keyframe_clip
 
 
 def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -144,6 +144,16 @@ def make_views(clips: Sequence[torch.Tensor], spec: ViewSpec) -> torch.Tensor:
     return torch.stack(views)
 
 
+def detection_view(
+    clip: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """(T, 3, H, W) uint8 -> (3, T, S, S) float32: the WHOLE frame resized to S x S (aspect not
+    kept), so normalised box coordinates mean the same in the video and in the model input and
+    no actor is cropped away."""
+    resized = TF.resize(clip, [size, size], antialias=True)
+    return normalize(resized, mean, std).permute(1, 0, 2, 3)
+
+
 def load_views(
     source: Source, spec: ViewSpec, limits: DecodeLimits = DecodeLimits()
 ) -> tuple[torch.Tensor, VideoInfo]:
@@ -155,3 +165,42 @@ def load_views(
         info = reader.info
     clips = frames.split([len(clip) for clip in plan])
     return make_views(clips, spec), info
+
+
+class TimestampError(ValueError):
+    """A requested key-frame time the video does not have."""
+
+
+def default_keyframes(duration_s: float) -> list[float]:
+    """AVA's 1 Hz key frames: every whole second strictly inside the video, or its middle
+    when it is shorter than two seconds."""
+    seconds = [float(t) for t in range(1, int(duration_s) + 1) if t < duration_s]
+    return seconds or [round(duration_s / 2, 3)]
+
+
+def load_keyframe_clips(
+    source: Source,
+    spec: ViewSpec,
+    timestamps: Sequence[float] | None = None,
+    limits: DecodeLimits = DecodeLimits(),
+) -> tuple[torch.Tensor, list[float], VideoInfo]:
+    """Detection inputs: for each key-frame time (seconds; default 1 Hz), the clip centred on
+    it as (K, 3, T, S, S) float32 (detection_view), the times used and the VideoInfo. One
+    decoding pass; a frame shared by clips is decoded once."""
+    with VideoReader(source, limits) as reader:
+        info = reader.info
+        times = list(timestamps) if timestamps is not None else default_keyframes(info.duration_s)
+        plan = []
+        for t in times:
+            # The last frame starts before duration_s; allow up to its end.
+            if not 0 <= t <= info.duration_s:
+                raise TimestampError(
+                    f"key frame at {t} s is outside the video (0 to {info.duration_s:.3f} s)"
+                )
+            centre = min(round(t * info.fps), info.num_frames - 1)
+            s = spec.sampling
+            plan.append(keyframe_clip(centre, info.num_frames, s.num_frames, s.interval))
+        frames = reader.read([i for clip in plan for i in clip])
+    clips = frames.split([len(clip) for clip in plan])
+    views = [detection_view(c, spec.image_size, spec.mean, spec.std) for c in clips]
+    return torch.stack(views), times, info

@@ -1,0 +1,146 @@
+"""AVA-style detection proof on the synthetic AVA set: ZeroI2V vs the same model, offsets all 0.
+
+Arms train with identical adapters, heads, data, seed and budget; `image_model` differs from
+`zeroi2v` only in `model.temporal_offsets` (all 0: image features, mean over time). Per arm,
+on the val split (exclusions honoured):
+  - frame mAP@0.5 with the proposals' boxes (the AVA protocol), with the model's own actor
+    localiser, and with the ground-truth boxes (the action head alone);
+  - AP of the order-only actions (move left/right, turn clockwise/anticlockwise, approach/
+    retreat) against the rest;
+  - the localiser's recall at IoU 0.5;
+  - the merged checkpoint against the unmerged model: max |score difference| over all boxes;
+  - training time and clips/s on this machine.
+
+    python benchmarks/bench_detection.py              # writes data/synth_ava if missing
+    python benchmarks/bench_detection.py --set train.epochs=4 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from model import load_merged
+from training import checkpoint as ckpt_io
+from training.config import load_config
+from training.detection import AvaKeyFrames, collate_keyframes, evaluate_detection, load_ava
+from training.export import export_merged
+from training.synth_ava import write_synthetic_ava
+from training.train import train
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "training/configs/synth_ava_dinov2.yaml"
+ORDER_ONLY = {
+    "move_left", "move_right", "turn_clockwise", "turn_anticlockwise", "approach", "retreat",
+}  # fmt: skip
+
+
+def val_loader(cfg, split) -> DataLoader:
+    data = AvaKeyFrames(split, cfg.view_spec(train=False), False, time_offset=cfg.data.time_offset)
+    return DataLoader(data, batch_size=8, num_workers=cfg.data.num_workers,
+                      collate_fn=collate_keyframes)  # fmt: skip
+
+
+def class_group_map(report) -> dict[str, float]:
+    groups: dict[str, list[float]] = {"order_only": [], "other": []}
+    for c, ap in report.per_class.items():
+        if ap is not None:
+            name = report.class_names[c]
+            groups["order_only" if name in ORDER_ONLY else "other"].append(ap)
+    return {f"mAP_{g}": round(sum(v) / len(v), 4) for g, v in groups.items() if v}
+
+
+@torch.no_grad()
+def max_score_difference(model, merged, loader) -> float:
+    """Same clips, same (ground-truth) boxes: the largest |AVA score| change from merging."""
+    worst = 0.0
+    for clips, targets, _ in loader:
+        a = model.detect(clips, targets.boxes)
+        b = merged.detect(clips, targets.boxes)
+        for x, y in zip(a, b, strict=True):
+            worst = max(worst, float((x.scores - y.scores).abs().max()))
+    return worst
+
+
+def run_arm(name: str, overrides: list[str], out_root: Path) -> dict:
+    cfg = load_config(CONFIG, [*overrides, f"train.out_dir={out_root / name}"])
+    start = time.perf_counter()
+    train(cfg)
+    seconds = time.perf_counter() - start
+    log = [json.loads(x) for x in (out_root / name / "log.jsonl").read_text().splitlines()]
+    rates = [r["clips_per_s"] for r in log if "clips_per_s" in r]
+    last = out_root / name / "last.pt"
+    model, _, _ = ckpt_io.rebuild_model(ckpt_io.load(last))
+    merged_path, fold_error = export_merged(last, out_root / f"{name}.safetensors")
+    merged = load_merged(merged_path)
+    split = load_ava(cfg, "val")
+    loader = val_loader(cfg, split)
+    device, d = torch.device("cpu"), cfg.data
+    out = {"temporal_offsets": cfg.model.temporal_offsets, "key_frames": len(split.keys)}
+    for boxes in ("proposals", "localiser", "groundtruth"):
+        report = evaluate_detection(model, loader, split, boxes, d.detect_threshold, device)
+        out[f"mAP_{boxes}"] = round(report.mAP, 4)
+        out[f"box_recall_{boxes}"] = round(report.box_recall, 4)
+        if boxes == "proposals":
+            out.update(class_group_map(report))
+            out["per_class_AP_proposals"] = {
+                report.class_names[c]: None if ap is None else round(ap, 4)
+                for c, ap in report.per_class.items()
+            }
+    merged_report = evaluate_detection(
+        merged, loader, split, "proposals", d.detect_threshold, device
+    )
+    out["merged_mAP_proposals"] = round(merged_report.mAP, 4)
+    out["merged_max_score_diff"] = max_score_difference(model, merged, loader)
+    out["fold_check_max_logit_diff"] = fold_error
+    out["train_seconds"] = round(seconds, 1)
+    out["train_clips_per_s_median"] = round(sorted(rates)[len(rates) // 2], 1) if rates else None
+    out["epochs"] = cfg.train.epochs
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("data/synth_ava"))
+    parser.add_argument("--arms", default="zeroi2v,image_model")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_detection"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    data, ann = args.data, args.data / "annotations"
+    if not (ann / "ava_val_v2.2.csv").exists():
+        print(f"writing the synthetic AVA set to {data}", flush=True)
+        write_synthetic_ava(data)
+    overrides = [
+        f"data.root={data / 'videos'}",
+        f"data.labels={ann / 'ava_action_list_v2.2.pbtxt'}",
+        f"data.train={ann / 'ava_train_v2.2.csv'}",
+        f"data.val={ann / 'ava_val_v2.2.csv'}",
+        f"data.exclusions={ann / 'ava_val_excluded_timestamps_v2.2.csv'}",
+        f"data.proposals={ann / 'ava_val_proposals.csv'}",
+        *args.overrides,
+    ]
+    heads = len(load_config(CONFIG, overrides).model.temporal_offsets)
+    arms = {"zeroi2v": [], "image_model": [f"model.temporal_offsets={[0] * heads}"]}
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"threads, torch {torch.__version__}",
+        "command": f"python benchmarks/bench_detection.py --arms {args.arms} "
+        + " ".join(f"--set {o}" for o in args.overrides),
+    }
+    for arm in args.arms.split(","):
+        results[arm] = run_arm(arm, [*overrides, *arms[arm]], args.out)
+        print(json.dumps({arm: results[arm]}, indent=1), flush=True)
+    print(json.dumps(results, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
