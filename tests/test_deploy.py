@@ -11,7 +11,9 @@ DEPLOY = ROOT / "deploy"
 
 
 def _dashboards() -> list[dict]:
-    return [json.loads(p.read_text()) for p in (DEPLOY / "grafana/dashboards").glob("*.json")]
+    return [
+        json.loads(p.read_text()) for p in (DEPLOY / "grafana/dashboards/zeroi2v").glob("*.json")
+    ]
 
 
 def test_dashboard_panels_all_query_the_provisioned_datasource():
@@ -45,6 +47,51 @@ def test_dashboard_covers_the_service_metrics():
         assert name in exprs, name
     for stage in ("total", "decode", "queue", "inference"):
         assert f'stage="{stage}"' in exprs
+
+
+def test_grafana_provisions_our_dashboards_and_rays():
+    """Each provider's path, seen through the compose volume, is a folder of dashboards; Ray's
+    use the `datasource` variable, which resolves to the default (our) Prometheus."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounts = dict(v.split(":")[1::-1] for v in compose["services"]["grafana"]["volumes"])
+    providers = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/dashboards/zeroi2v.yml").read_text()
+    )["providers"]
+    assert {p["name"] for p in providers} == {"zeroi2v", "ray"}
+    for provider in providers:
+        path = provider["options"]["path"]
+        mount = next(m for m in mounts if path.startswith(m))
+        folder = ROOT / mounts[mount] / path[len(mount) :].lstrip("/")
+        assert sorted(folder.glob("*.json")), path
+    sources = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"]
+    assert [d["isDefault"] for d in sources] == [True]
+    for path in (DEPLOY / "grafana/dashboards/ray").glob("*.json"):
+        dash = json.loads(path.read_text())
+        variable = next(v for v in dash["templating"]["list"] if v["name"] == "datasource")
+        assert variable["type"] == "datasource" and variable["query"] == "prometheus"
+        for panel in dash["panels"]:
+            if panel.get("targets"):
+                assert panel["datasource"] == "${datasource}", (path.name, panel["title"])
+
+
+def test_ray_dashboards_come_from_rays_factory():
+    """The committed files are what deploy/grafana/ray_dashboards.py writes for the installed
+    Ray, except the version tag (rerun the script after a Ray upgrade)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rd", DEPLOY / "grafana/ray_dashboards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def panels(text: str) -> list:
+        return [(p["title"], [t["expr"] for t in p.get("targets", [])])
+                for p in json.loads(text)["panels"]]  # fmt: skip
+
+    for name, text in module.render().items():
+        committed = (DEPLOY / "grafana/dashboards/ray" / name).read_text()
+        assert panels(committed) == panels(text), name
 
 
 def test_compose_wires_the_files_that_exist():
