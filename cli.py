@@ -112,7 +112,7 @@ def evaluate(
     split: str = typer.Option("val", help="train or val"),
     clips: int = typer.Option(None, help="temporal clips (default: the config's test_clips)"),
     crops: int = typer.Option(None, help="spatial crops, 1 or 3 (default: the config's)"),
-    out: Path = typer.Option(None, help="folder for eval.json and eval_confusion.png"),
+    out: Path = typer.Option(None, help="folder for the eval JSON and PNG (and detections CSV)"),
     set_: list[str] = typer.Option([], "--set", help="config override"),
 ) -> None:
     """Multi-view evaluation: top-1, top-5, per-class accuracy, confusion matrix; for detection
@@ -176,7 +176,7 @@ def evaluate(
 
 def _evaluate_detection(cfg, model, class_names, split, out, device) -> None:
     """Frame mAP@0.5 (AVA protocol) on an AVA-format split: eval JSON + AP chart + the
-    detections in the AVA results format (detections.csv)."""
+    detections in the AVA results format (detections_<split>.csv)."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -239,7 +239,9 @@ def predict(
         _fail(str(e))
     names = runner.info.class_names
     if runner.task == "detect":
-        found = runner.detect([(clip, None) for clip in key_clips])
+        found = [
+            d for chunk in key_clips.split(16) for d in runner.detect([(c, None) for c in chunk])
+        ]
         for t, actors in zip(times, found, strict=True):
             keep = actors.box_scores >= 0.3
             typer.echo(f"{t:.1f} s: {int(keep.sum())} actor(s)")

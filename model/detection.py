@@ -98,6 +98,7 @@ class ActorLocaliser(nn.Module):
         self, maps: torch.Tensor, threshold: float, max_actors: int
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per clip: boxes (K, 4) normalised and their scores (K,), peaks >= threshold."""
+        maps = maps.float()  # under bf16 autocast, confident neighbours would tie at 1.0
         heat = maps[:, 0].sigmoid()
         h, w = heat.shape[-2:]
         # A peak is a cell no lower than its 8 neighbours: CenterNet's NMS.

@@ -152,7 +152,13 @@ def create_app() -> FastAPI:
         ),
         boxes: str | None = Query(None, description="as the `boxes` form field (raw uploads)"),
         score_threshold: float = Query(0.3, ge=0, le=1, description="box score x action prob."),
-        box_threshold: float = Query(0.3, ge=0, le=1, description="localiser box score"),
+        box_threshold: float = Query(
+            0.3,
+            ge=0.05,
+            le=1,
+            description="localiser box score (the model returns boxes down "
+            "to 0.05, at most 20 per key frame)",
+        ),
     ) -> dict:
         """AVA-style detection: per key frame, actor boxes with their actions and scores."""
         start = time.perf_counter()

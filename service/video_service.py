@@ -205,6 +205,8 @@ class VideoService:
     def check_detect_params(self, params: DetectParams) -> DetectParams:
         """Validate times and boxes before any decoding; 422 names the first bad value."""
         s = self.settings
+        if params.timestamps is not None and not params.timestamps:
+            raise problems.bad_parameters("timestamps: empty; leave it out for 1 Hz key frames")
         times = list(params.timestamps or [])
         for t in times:
             if not math.isfinite(t) or t < 0:
@@ -237,13 +239,8 @@ class VideoService:
         t0 = time.perf_counter()
         clips, times, _ = await self._decode(
             load_keyframe_clips, io.BytesIO(data), self.spec, self.keyframe_times(params),
-            self.limits,
+            self.limits, self.settings.max_keyframes,
         )  # fmt: skip
-        if len(times) > self.settings.max_keyframes:  # the 1 Hz default of a long video
-            raise problems.bad_parameters(
-                f"the video has {len(times)} key frames at 1 Hz; at most "
-                f"{self.settings.max_keyframes}: send `timestamps`"
-            )
         decode_s = time.perf_counter() - t0
         given = params.boxes or {}
         boxes = [torch.tensor(given[t]).view(-1, 4) if t in given else None for t in times]
@@ -333,7 +330,7 @@ def parse_boxes(text: str | None) -> dict[float, list[list[float]]] | None:
         return None
     try:
         doc = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: absurdly deep nesting
         raise problems.bad_parameters(f"boxes: not valid JSON: {e}") from e
     if not isinstance(doc, dict):
         raise problems.bad_parameters(

@@ -56,6 +56,20 @@ def tiny_config_path(ava_dir, tmp_path):
     return tiny_detect_config(ava_dir, tmp_path / "run")
 
 
+def test_a_long_video_is_refused_before_decoding(synth_ava_dir):
+    from video.decode import VideoReader
+    from video.views import TimestampError, ViewSpec, load_keyframe_clips
+
+    video = next((synth_ava_dir / "videos").glob("*.mp4"))
+    spec = ViewSpec(image_size=32)
+    with pytest.raises(TimestampError, match="at most 1"):
+        load_keyframe_clips(video, spec, max_keyframes=1)
+    clips, times, info = load_keyframe_clips(video, spec)
+    assert times == [1.0, 2.0] and clips.shape == (2, 3, 8, 32, 32)
+    with VideoReader(video) as reader:
+        assert info.num_frames == reader.info.num_frames == 24
+
+
 def test_task_and_format_must_agree(synth_ava_dir, tmp_path):
     path = tiny_config_path(synth_ava_dir, tmp_path)
     with pytest.raises(ConfigError, match="task"):

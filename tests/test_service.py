@@ -187,7 +187,7 @@ def ava_video(synth_ava_dir) -> bytes:
 def test_detect_with_the_localiser(merged_detector, ava_video):
     client = local_client(merged_detector)
     r = client.post(
-        "/detect?box_threshold=0&score_threshold=0",
+        "/detect?box_threshold=0.05&score_threshold=0",
         files={"file": ("v.mp4", ava_video, "video/mp4")},
     )
     assert r.status_code == 200, r.text
@@ -245,6 +245,9 @@ def test_detect_with_given_boxes(merged_detector, ava_video):
         ({"timestamps": "7"}, None, "outside the video"),
         ({"timestamps": "0.1,0.2,0.3,0.4"}, None, "at most 3"),
         ({"score_threshold": "2"}, None, "score_threshold"),
+        ({"box_threshold": "0.01"}, None, "box_threshold"),
+        ({"timestamps": ","}, None, "empty"),
+        ({}, "[" * 5000, "not valid JSON"),
     ],
 )
 def test_bad_detect_parameters_are_422(merged_detector, ava_video, params, boxes, detail):

@@ -145,6 +145,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
 
     # ---- model and optimiser ----
     model = build_model(model_cfg).to(device)
+    if detect and t.localiser_weight == 0:  # no loss reaches it: DDP needs it out of the graph
+        model.head.localiser.requires_grad_(False)
     masked = {id(p) for p in model.masked_parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2 and id(p) not in masked]

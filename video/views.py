@@ -183,13 +183,22 @@ def load_keyframe_clips(
     spec: ViewSpec,
     timestamps: Sequence[float] | None = None,
     limits: DecodeLimits = DecodeLimits(),
+    max_keyframes: int | None = None,
 ) -> tuple[torch.Tensor, list[float], VideoInfo]:
     """Detection inputs: for each key-frame time (seconds; default 1 Hz), the clip centred on
     it as (K, 3, T, S, S) float32 (detection_view), the times used and the VideoInfo. One
-    decoding pass; a frame shared by clips is decoded once."""
+    decoding pass; a frame shared by clips is decoded once. More than `max_keyframes` times
+    (a long video's 1 Hz default) is refused before any frame is decoded."""
     with VideoReader(source, limits) as reader:
         info = reader.info
         times = list(timestamps) if timestamps is not None else default_keyframes(info.duration_s)
+        if not times:
+            raise TimestampError("no key-frame times")
+        if max_keyframes is not None and len(times) > max_keyframes:
+            raise TimestampError(
+                f"{len(times)} key frames (1 Hz over {info.duration_s:.1f} s); at most "
+                f"{max_keyframes}: send `timestamps`"
+            )
         plan = []
         for t in times:
             # The last frame starts before duration_s; allow up to its end.
