@@ -12,6 +12,7 @@ on the val split (exclusions honoured):
   - training time and clips/s on this machine.
 
     python benchmarks/bench_detection.py              # writes data/synth_ava if missing
+    python benchmarks/bench_detection.py --data data/synth_ava_144 --train-videos 144
     python benchmarks/bench_detection.py --set train.epochs=4 --json out.json
 """
 
@@ -108,6 +109,8 @@ def run_arm(name: str, overrides: list[str], out_root: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data/synth_ava"))
+    parser.add_argument("--train-videos", type=int, default=48, help="when writing --data")
+    parser.add_argument("--val-videos", type=int, default=16, help="when writing --data")
     parser.add_argument("--arms", default="zeroi2v,image_model")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_detection"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
@@ -116,7 +119,9 @@ def main() -> None:
     data, ann = args.data, args.data / "annotations"
     if not (ann / "ava_val_v2.2.csv").exists():
         print(f"writing the synthetic AVA set to {data}", flush=True)
-        write_synthetic_ava(data)
+        write_synthetic_ava(
+            data, num_train_videos=args.train_videos, num_val_videos=args.val_videos
+        )
     overrides = [
         f"data.root={data / 'videos'}",
         f"data.labels={ann / 'ava_action_list_v2.2.pbtxt'}",
@@ -131,7 +136,8 @@ def main() -> None:
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
         f"threads, torch {torch.__version__}",
-        "command": f"python benchmarks/bench_detection.py --arms {args.arms} "
+        "command": f"python benchmarks/bench_detection.py --data {data} --train-videos "
+        f"{args.train_videos} --val-videos {args.val_videos} --arms {args.arms} "
         + " ".join(f"--set {o}" for o in args.overrides),
     }
     for arm in args.arms.split(","):
