@@ -14,12 +14,19 @@ def start(args: dict, host: str = "127.0.0.1", port: int = 8000, metrics_port: i
 
     Returns once the model replica is loaded and warmed up and the ingress is serving.
     """
+    import os
+
     import ray
     from ray import serve
 
     from service.deployments import build_app
 
     app = build_app(args)  # validates the settings before anything starts
+    # Serve replaces a proxy that misses 3 health checks of 10 s (ready check: 5 s). On a CPU
+    # host busy with decoding and a CPU model, a healthy proxy can be that slow to answer, and
+    # the restart then fails requests in flight. The processes Ray starts inherit these.
+    for name in ("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"):
+        os.environ.setdefault(name, "30")
     ray.init(
         include_dashboard=False,
         _metrics_export_port=metrics_port,
