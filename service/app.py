@@ -81,25 +81,7 @@ def create_app() -> FastAPI:
         authorize(request)
         return await service(request).model_card()
 
-    @app.post(
-        "/classify",
-        tags=["inference"],
-        openapi_extra={
-            "requestBody": {
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"file": {"type": "string", "format": "binary"}},
-                            "required": ["file"],
-                        }
-                    },
-                    "video/*": {"schema": {"type": "string", "format": "binary"}},
-                },
-                "required": True,
-            }
-        },
-    )
+    @app.post("/classify", tags=["inference"], openapi_extra=video_body())
     async def classify(
         request: Request,
         top_k: int = Query(5, ge=1, description="labels to return"),
@@ -119,29 +101,14 @@ def create_app() -> FastAPI:
     @app.post(
         "/detect",
         tags=["inference"],
-        openapi_extra={
-            "requestBody": {
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "file": {"type": "string", "format": "binary"},
-                                "boxes": {
-                                    "type": "string",
-                                    "description": 'JSON {"<seconds>": [[x1, y1, x2, y2], '
-                                    "...]}: actor boxes per key frame, normalised to [0, 1]; "
-                                    "key frames without boxes use the model's localiser",
-                                },
-                            },
-                            "required": ["file"],
-                        }
-                    },
-                    "video/*": {"schema": {"type": "string", "format": "binary"}},
-                },
-                "required": True,
+        openapi_extra=video_body(
+            boxes={
+                "type": "string",
+                "description": 'JSON {"<seconds>": [[x1, y1, x2, y2], ...]}: actor boxes per '
+                "key frame, normalised to [0, 1]; key frames without boxes use the model's "
+                "localiser",
             }
-        },
+        ),
     )
     async def detect(
         request: Request,
@@ -187,6 +154,21 @@ def create_app() -> FastAPI:
             return await svc.detect(body, params, start)
 
     return app
+
+
+def video_body(**fields: dict) -> dict:
+    """OpenAPI request body of an upload: multipart (`file` plus `fields`) or a raw video."""
+    properties = {"file": {"type": "string", "format": "binary"}, **fields}
+    multipart = {"type": "object", "properties": properties, "required": ["file"]}
+    return {
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {"schema": multipart},
+                "video/*": {"schema": {"type": "string", "format": "binary"}},
+            },
+            "required": True,
+        }
+    }
 
 
 async def read_upload(

@@ -176,11 +176,6 @@ class VideoService:
         # transport), measured here since the model replica blocks while it computes.
         queue_ms = max(0.0, (time.perf_counter() - t1) * 1e3 - result.inference_ms)
         scores, indices = result.probabilities.topk(min(params.top_k, len(self.info.class_names)))
-        total_s = time.perf_counter() - start
-        if self.metrics:
-            self.metrics.observe_stage("decode", decode_s)
-            self.metrics.observe_stage("queue", queue_ms / 1e3)
-            self.metrics.observe_stage("inference", result.inference_ms / 1e3)
         return {
             "labels": [
                 {"label": self.info.class_names[i], "index": i, "score": round(float(s), 6)}
@@ -194,12 +189,7 @@ class VideoService:
             },
             "model": self.model_id,
             "batch_size": result.batch_size,
-            "timings": {
-                "decode_ms": round(decode_s * 1e3, 2),
-                "queue_ms": round(queue_ms, 2),
-                "inference_ms": round(result.inference_ms, 2),
-                "total_ms": round(total_s * 1e3, 2),
-            },
+            "timings": self.timings(start, decode_s, queue_ms, result.inference_ms),
         }
 
     def check_detect_params(self, params: DetectParams) -> DetectParams:
@@ -270,11 +260,6 @@ class VideoService:
                     }
                 )
             keyframes.append({"timestamp": t, "actors": actors})
-        total_s = time.perf_counter() - start
-        if self.metrics:
-            self.metrics.observe_stage("decode", decode_s)
-            self.metrics.observe_stage("queue", queue_ms / 1e3)
-            self.metrics.observe_stage("inference", result.inference_ms / 1e3)
         s = self.spec
         return {
             "keyframes": keyframes,
@@ -285,12 +270,21 @@ class VideoService:
             },
             "model": self.model_id,
             "batch_size": result.batch_size,
-            "timings": {
-                "decode_ms": round(decode_s * 1e3, 2),
-                "queue_ms": round(queue_ms, 2),
-                "inference_ms": round(result.inference_ms, 2),
-                "total_ms": round(total_s * 1e3, 2),
-            },
+            "timings": self.timings(start, decode_s, queue_ms, result.inference_ms),
+        }
+
+    def timings(self, start: float, decode_s: float, queue_ms: float, inference_ms: float) -> dict:
+        """A response's `timings`, each stage also recorded in the latency metrics (the total
+        is recorded by the app's middleware)."""
+        if self.metrics:
+            self.metrics.observe_stage("decode", decode_s)
+            self.metrics.observe_stage("queue", queue_ms / 1e3)
+            self.metrics.observe_stage("inference", inference_ms / 1e3)
+        return {
+            "decode_ms": round(decode_s * 1e3, 2),
+            "queue_ms": round(queue_ms, 2),
+            "inference_ms": round(inference_ms, 2),
+            "total_ms": round((time.perf_counter() - start) * 1e3, 2),
         }
 
     @property
