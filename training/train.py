@@ -34,6 +34,7 @@ from training.config import ExperimentConfig, load_config
 from training.data import ShardedSampler, VideoClips, collate, describe, load_annotations
 from training.detection import (
     AvaKeyFrames,
+    AvaSplit,
     collate_keyframes,
     detection_loss,
     evaluate_detection,
@@ -97,26 +98,25 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
         offset = cfg.data.time_offset
         train_data = AvaKeyFrames(train_set, train_spec, True, cfg.augment.box_jitter, offset)
         val_data = AvaKeyFrames(val_set, test_spec, False, time_offset=offset)
-        collate_fn = collate_keyframes
+        collate_fn, describe_split = collate_keyframes, AvaSplit.describe
     else:
         train_set = load_annotations(cfg, "train")
         class_names = train_set.class_names
         val_set = load_annotations(cfg, "val", class_names=class_names)
         if val_set.class_names != class_names:
             raise TrainingError("train and val annotations disagree on the class names")
+        augment = ClipAugment(
+            cfg.augment, cfg.model.image_size, train_spec.mean, train_spec.std, class_names
+        )
+        train_data = VideoClips(train_set, train_spec, train=True, augment=augment)
+        val_data = VideoClips(val_set, test_spec, train=False)
+        collate_fn, describe_split = collate, describe
     model_cfg = cfg.model
     if "num_classes" in model_cfg.model_fields_set and model_cfg.num_classes != len(class_names):
         raise TrainingError(
             f"model.num_classes is {model_cfg.num_classes} but the data has {len(class_names)}"
         )
     model_cfg = model_cfg.model_copy(update={"num_classes": len(class_names)})
-    if not detect:
-        augment = ClipAugment(
-            cfg.augment, model_cfg.image_size, train_spec.mean, train_spec.std, class_names
-        )
-        train_data = VideoClips(train_set, train_spec, train=True, augment=augment)
-        val_data = VideoClips(val_set, test_spec, train=False)
-        collate_fn = collate
     sampler = ShardedSampler(len(train_data), rank, world, shuffle=True, seed=t.seed)
     val_sampler = ShardedSampler(len(val_data), rank, world, shuffle=False, pad=False)
     workers = cfg.data.num_workers
@@ -191,8 +191,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
         print(
-            f"train: {train_set.describe() if detect else describe(train_set)}; "
-            f"val: {val_set.describe() if detect else describe(val_set)}\n"
+            f"train: {describe_split(train_set)}; val: {describe_split(val_set)}\n"
             f"model: {model_cfg.backbone}, {model.count_parameters() / 1e6:.2f} M params, "
             f"{model.count_parameters(trainable_only=True) / 1e6:.3f} M trainable "
             f"({model_cfg.trainable}); {world} process(es) on {device}, "
