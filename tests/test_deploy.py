@@ -1,9 +1,11 @@
 """Static checks of the deployment files (Dockerfile, compose, Prometheus, Grafana)."""
 
+import fnmatch
 import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +114,38 @@ def test_compose_wires_the_files_that_exist():
                for t in c["targets"]]  # fmt: skip
     assert "zeroi2v:8080" in targets  # Ray's metrics export port, as the Dockerfile starts it
     assert "--metrics-port 8080" in (ROOT / "Dockerfile").read_text()
+
+
+def _in_build_context(top: str) -> bool:
+    """Whether .dockerignore lets a top-level entry into the build context (last match wins)."""
+    included = True
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        if fnmatch.fnmatch(top, pattern.lstrip("!").rstrip("/")):
+            included = negated
+    return included
+
+
+def test_the_build_context_holds_the_sources_and_nothing_heavy():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = {
+        src
+        for line in dockerfile.splitlines()
+        if line.startswith("COPY ")
+        for src in line.split()[1:-1]
+    }
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    setuptools = project["tool"]["setuptools"]
+    packaged = {*setuptools["packages"], *(f"{m}.py" for m in setuptools["py-modules"])}
+    needed = copied | packaged | {project["project"]["readme"]}
+    assert packaged <= copied, "every package must be copied into the image"
+    assert all(_in_build_context(p) for p in needed)
+    for heavy in (".venv", "data", "runs", ".cache", ".git", "tests", "benchmarks"):
+        assert not _in_build_context(heavy), heavy
 
 
 def test_env_example_names_every_secret_compose_reads():
