@@ -177,22 +177,18 @@ def evaluate(
 def _evaluate_detection(cfg, model, class_names, split, out, device) -> None:
     """Frame mAP@0.5 (AVA protocol) on an AVA-format split: eval JSON + AP chart + the
     detections in the AVA results format (detections_<split>.csv)."""
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     from model.precision import autocast_dtype
     from training.ava import write_detections
     from training.ava_eval import write_detection_report
-    from training.detection import AvaKeyFrames, collate_keyframes, evaluate_detection, load_ava
+    from training.detection import evaluate_detection, keyframe_loader, load_ava
 
     d = cfg.data
     data = load_ava(cfg, split)
     if data.class_names != class_names:
         _fail(f"the model's actions differ from the label map {d.labels}")
-    loader = DataLoader(
-        AvaKeyFrames(data, cfg.view_spec(train=False), False, time_offset=d.time_offset),
-        batch_size=8, num_workers=d.num_workers, collate_fn=collate_keyframes,
-    )  # fmt: skip
+    loader = keyframe_loader(data, cfg.view_spec(train=False), d.num_workers, d.time_offset)
     try:
         detections: dict = {}
         report = evaluate_detection(

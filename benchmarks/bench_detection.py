@@ -21,31 +21,21 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from harness import train_arm
 
 from model import load_merged
-from training import checkpoint as ckpt_io
 from training.config import load_config
-from training.detection import AvaKeyFrames, collate_keyframes, evaluate_detection, load_ava
-from training.export import export_merged
+from training.detection import evaluate_detection, keyframe_loader, load_ava
 from training.synth_ava import write_synthetic_ava
-from training.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "training/configs/synth_ava_dinov2.yaml"
 ORDER_ONLY = {
     "move_left", "move_right", "turn_clockwise", "turn_anticlockwise", "approach", "retreat",
 }  # fmt: skip
-
-
-def val_loader(cfg, split) -> DataLoader:
-    data = AvaKeyFrames(split, cfg.view_spec(train=False), False, time_offset=cfg.data.time_offset)
-    return DataLoader(data, batch_size=8, num_workers=cfg.data.num_workers,
-                      collate_fn=collate_keyframes)  # fmt: skip
 
 
 def class_group_map(report) -> dict[str, float]:
@@ -70,19 +60,11 @@ def max_score_difference(model, merged, loader) -> float:
 
 
 def run_arm(name: str, overrides: list[str], out_root: Path) -> dict:
-    cfg = load_config(CONFIG, [*overrides, f"train.out_dir={out_root / name}"])
-    start = time.perf_counter()
-    train(cfg)
-    seconds = time.perf_counter() - start
-    log = [json.loads(x) for x in (out_root / name / "log.jsonl").read_text().splitlines()]
-    rates = [r["clips_per_s"] for r in log if "clips_per_s" in r]
-    last = out_root / name / "last.pt"
-    model, _, _ = ckpt_io.rebuild_model(ckpt_io.load(last))
-    merged_path, fold_error = export_merged(last, out_root / f"{name}.safetensors")
-    merged = load_merged(merged_path)
+    arm = train_arm(name, CONFIG, overrides, out_root)
+    cfg, model, merged = arm.cfg, arm.model, load_merged(arm.merged_path)
     split = load_ava(cfg, "val")
-    loader = val_loader(cfg, split)
     device, d = torch.device("cpu"), cfg.data
+    loader = keyframe_loader(split, cfg.view_spec(train=False), d.num_workers, d.time_offset)
     out = {"temporal_offsets": cfg.model.temporal_offsets, "key_frames": len(split.keys)}
     for boxes in ("proposals", "localiser", "groundtruth"):
         report = evaluate_detection(model, loader, split, boxes, d.detect_threshold, device)
@@ -99,11 +81,7 @@ def run_arm(name: str, overrides: list[str], out_root: Path) -> dict:
     )
     out["merged_mAP_proposals"] = round(merged_report.mAP, 4)
     out["merged_max_score_diff"] = max_score_difference(model, merged, loader)
-    out["fold_check_max_logit_diff"] = fold_error
-    out["train_seconds"] = round(seconds, 1)
-    out["train_clips_per_s_median"] = round(sorted(rates)[len(rates) // 2], 1) if rates else None
-    out["epochs"] = cfg.train.epochs
-    return out
+    return out | arm.timing()
 
 
 def main() -> None:

@@ -22,21 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
+from harness import train_arm, video_list_overrides
 
 from model import load_merged
 from model.zeroi2v import video_probabilities
-from training import checkpoint as ckpt_io
 from training.arrow_of_time import CLASS_NAMES as ARROW_CLASSES
 from training.arrow_of_time import write_arrow_dataset
 from training.config import load_config
 from training.data import load_annotations, test_loader
-from training.export import export_merged
 from training.synth import CLASS_PAIRS, write_synthetic_dataset
-from training.train import train
 from video.packaged import CLIPS, available_clips
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,17 +69,10 @@ def pair_accuracy(pred: torch.Tensor, labels: torch.Tensor, class_names: list[st
 
 
 def run_arm(name: str, config: Path, overrides: list[str], out_root: Path, pairs) -> dict:
-    cfg = load_config(config, [*overrides, f"train.out_dir={out_root / name}"])
-    start = time.perf_counter()
-    train(cfg)
-    seconds = time.perf_counter() - start
-    log = [json.loads(x) for x in (out_root / name / "log.jsonl").read_text().splitlines()]
-    rates = [r["clips_per_s"] for r in log if "clips_per_s" in r]
-    last = out_root / name / "last.pt"
-    model, class_names, _ = ckpt_io.rebuild_model(ckpt_io.load(last))
-    merged_path, fold_error = export_merged(last, out_root / f"{name}.safetensors")
+    arm = train_arm(name, config, overrides, out_root)
+    cfg, class_names = arm.cfg, arm.class_names
     (probs, merged_probs), labels = test_predictions(
-        [model, load_merged(merged_path)], cfg, class_names
+        [arm.model, load_merged(arm.merged_path)], cfg, class_names
     )
     pred = probs.argmax(-1)
     return {
@@ -93,10 +83,7 @@ def run_arm(name: str, config: Path, overrides: list[str], out_root: Path, pairs
         "test_pair_accuracy": round(pair_accuracy(pred, labels, class_names, pairs), 4),
         "merged_same_predictions": int((merged_probs.argmax(-1) == pred).sum()),
         "merged_max_prob_diff": float((merged_probs - probs).abs().max()),
-        "fold_check_max_logit_diff": fold_error,
-        "train_seconds": round(seconds, 1),
-        "train_clips_per_s_median": round(sorted(rates)[len(rates) // 2], 1) if rates else None,
-        "epochs": cfg.train.epochs,
+        **arm.timing(),
     }
 
 
@@ -142,14 +129,7 @@ def main() -> None:
 
     if not (data_dir / "classes.txt").exists():
         write_dataset(args.dataset, data_dir, args)
-    data = [
-        f"data.root={data_dir}",
-        f"data.train={data_dir / 'train.txt'}",
-        f"data.val={data_dir / ('val.txt' if (data_dir / 'val.txt').exists() else 'test.txt')}",
-        f"data.test={data_dir / 'test.txt'}",
-        f"data.class_names={data_dir / 'classes.txt'}",
-    ]
-    overrides = [*data, *args.overrides]
+    overrides = [*video_list_overrides(data_dir), *args.overrides]
     cfg = load_config(config, overrides)
     heads = len(cfg.model.temporal_offsets)
     arms = {

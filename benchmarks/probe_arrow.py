@@ -24,29 +24,38 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from harness import video_list_overrides
 
 from model import build_model
-from training.config import load_config
+from training.config import ExperimentConfig, load_config
 from training.data import load_annotations, test_loader
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def features(cfg, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(N, T, D) per-frame class tokens of the frozen model, (N,) labels, source video names."""
-    torch.manual_seed(0)  # adapters start as the identity; the head is unused
-    model = build_model(cfg.model).eval()
+def features(
+    models: dict[str, torch.nn.Module], cfg: ExperimentConfig, split: str
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str]]:
+    """Per model, (N, T, D) per-frame class tokens; (N,) labels; source video names. Each clip
+    is decoded once for all models."""
     annotations = load_annotations(cfg, split)
     loader = test_loader(annotations, cfg.view_spec(train=False), cfg.data.num_workers)
-    feats, labels = [], []
+    feats: dict[str, list[torch.Tensor]] = {name: [] for name in models}
+    labels = []
     for views, y, broken in loader:
         if broken:
             raise RuntimeError(f"unreadable clips: {broken}")
         with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
-            feats.append(model.forward_features(views.flatten(0, 1)).float())
+            for name, model in models.items():
+                feats[name].append(model.forward_features(views.flatten(0, 1)).float())
         labels.append(y)
     videos = [re.sub(r"_\d{5}_.*$", "", s.path.name) for s in annotations.samples]
-    return torch.cat(feats), torch.cat(labels), videos
+    return {name: torch.cat(f) for name, f in feats.items()}, torch.cat(labels), videos
+
+
+def frozen_model(cfg: ExperimentConfig) -> torch.nn.Module:
+    torch.manual_seed(0)  # adapters start as the identity; the head is unused
+    return build_model(cfg.model).eval()
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, weight_decay: float):
@@ -78,41 +87,30 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    data = [
-        f"data.root={args.data}",
-        f"data.train={args.data / 'train.txt'}",
-        f"data.val={args.data / 'test.txt'}",
-        f"data.test={args.data / 'test.txt'}",
-        f"data.class_names={args.data / 'classes.txt'}",
-    ]
-    cfg = load_config(args.config, [*data, *args.overrides])
-    image_cfg = load_config(
-        args.config,
-        [*data, *args.overrides, f"model.temporal_offsets={[0] * len(cfg.model.temporal_offsets)}"],
-    )
-    splits = {
-        s: {"zeroi2v": features(cfg, s), "image": features(image_cfg, s)} for s in ("train", "test")
-    }
+    overrides = [*video_list_overrides(args.data), *args.overrides]
+    cfg = load_config(args.config, overrides)
+    heads = len(cfg.model.temporal_offsets)
+    image_cfg = load_config(args.config, [*overrides, f"model.temporal_offsets={[0] * heads}"])
+    models = {"zeroi2v": frozen_model(cfg), "image": frozen_model(image_cfg)}
+    splits = {s: features(models, cfg, s) for s in ("train", "test")}
     sets = {
-        "zeroi2v_pooled": lambda f: f["zeroi2v"][0].mean(1),
-        "image_pooled": lambda f: f["image"][0].mean(1),
-        "image_frames": lambda f: f["image"][0].flatten(1),
+        "zeroi2v_pooled": lambda feats: feats["zeroi2v"].mean(1),
+        "image_pooled": lambda feats: feats["image"].mean(1),
+        "image_frames": lambda feats: feats["image"].flatten(1),
     }
     results = {
         "command": "python benchmarks/probe_arrow.py --data "
         f"{args.data} " + " ".join(f"--set {o}" for o in args.overrides),
         "temporal_offsets": cfg.model.temporal_offsets,
         "image_size": cfg.model.image_size,
-        "clips": {s: len(splits[s]["image"][1]) for s in splits},
+        "clips": {s: len(splits[s][1]) for s in splits},
     }
     for name, select in sets.items():
-        (xtr, ytr), (xte, yte) = (
-            (select(splits[s]), splits[s]["image"][1]) for s in ("train", "test")
-        )
+        (xtr, ytr), (xte, yte) = ((select(splits[s][0]), splits[s][1]) for s in ("train", "test"))
         predict = fit_probe(xtr, ytr, args.weight_decay)
         right = predict(xte) == yte
         per_video = defaultdict(list)
-        for video, ok in zip(splits["test"]["image"][2], right.tolist(), strict=True):
+        for video, ok in zip(splits["test"][2], right.tolist(), strict=True):
             per_video[video].append(ok)
         results[name] = {
             "train_accuracy": round((predict(xtr) == ytr).float().mean().item(), 3),

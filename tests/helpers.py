@@ -19,10 +19,26 @@ def randomize_adapters(model, std: float = 0.2, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
+def _write_config(doc: dict, out_dir: Path, train: dict) -> Path:
+    """Add the tiny two-epoch training section (overridden by `train`), write <out_dir>.yaml."""
+    doc["train"] = {
+        "epochs": 2,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "warmup_epochs": 0.5,
+        "amp": "off",
+        "out_dir": str(out_dir),
+        **train,
+    }
+    path = out_dir.parent / f"{out_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
 def tiny_config(synth_dir: Path, out_dir: Path, **train) -> Path:
     doc = {
         "model": {
-            "backbone": "zeroi2v-ViT-T-8",
+            "backbone": TINY,
             "num_frames": 4,
             "image_size": 32,
             "temporal_offsets": [1, -1, 0, 0],
@@ -39,19 +55,8 @@ def tiny_config(synth_dir: Path, out_dir: Path, **train) -> Path:
             "num_workers": 0,
         },
         "augment": {"randaugment_ops": 2, "randaugment_magnitude": 5, "random_erasing": 0.25},
-        "train": {
-            "epochs": 2,
-            "batch_size": 4,
-            "lr": 1e-3,
-            "warmup_epochs": 0.5,
-            "amp": "off",
-            "out_dir": str(out_dir),
-            **train,
-        },
     }
-    path = out_dir.parent / f"{out_dir.name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return _write_config(doc, out_dir, train)
 
 
 def tiny_detect_config(ava_dir: Path, out_dir: Path, **train) -> Path:
@@ -78,16 +83,5 @@ def tiny_detect_config(ava_dir: Path, out_dir: Path, **train) -> Path:
             "frame_interval": 2,
             "num_workers": 0,
         },
-        "train": {
-            "epochs": 2,
-            "batch_size": 4,
-            "lr": 1e-3,
-            "warmup_epochs": 0.5,
-            "amp": "off",
-            "out_dir": str(out_dir),
-            **train,
-        },
     }
-    path = out_dir.parent / f"{out_dir.name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return _write_config(doc, out_dir, train)

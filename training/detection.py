@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_iou
 
 from model.detection import ActionDetector
@@ -211,6 +211,16 @@ def collate_keyframes(batch: list):
         torch.stack(clips),
         KeyFrameTargets(list(keys), list(boxes), list(actions), list(proposals)),
         broken,
+    )
+
+
+def keyframe_loader(
+    split: AvaSplit, spec: ViewSpec, num_workers: int, time_offset: float, batch_size: int = 8
+) -> DataLoader:
+    """Every key frame of `split` once, in order, as collate_keyframes() triples (evaluation)."""
+    data = AvaKeyFrames(split, spec, False, time_offset=time_offset)
+    return DataLoader(
+        data, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_keyframes
     )
 
 
