@@ -11,6 +11,10 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
+PRECISION_HELP = (
+    "weights for inference: auto (bf16 on GPUs and on CPUs with native bf16), bf16, fp16, fp32"
+)
+
 
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg="red", err=True)
@@ -113,6 +117,7 @@ def evaluate(
     clips: int = typer.Option(None, help="temporal clips (default: the config's test_clips)"),
     crops: int = typer.Option(None, help="spatial crops, 1 or 3 (default: the config's)"),
     out: Path = typer.Option(None, help="folder for the eval JSON and PNG (and detections CSV)"),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
     set_: list[str] = typer.Option([], "--set", help="config override"),
 ) -> None:
     """Multi-view evaluation: top-1, top-5, per-class accuracy, confusion matrix; for detection
@@ -120,7 +125,7 @@ def evaluate(
     import torch
 
     from model import CheckpointError, load_merged, read_info
-    from model.precision import autocast_dtype
+    from model.precision import inference_dtype
     from training import checkpoint as ckpt_io
     from training.annotations import AnnotationError
     from training.config import ConfigError, load_config
@@ -137,12 +142,17 @@ def evaluate(
         _fail(f"--split must be train or val, not {split!r}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        dtype = inference_dtype(precision, device)
+    except ValueError as e:
+        _fail(str(e))
+    try:
         cfg = load_config(config, overrides)
         if checkpoint.suffix == ".safetensors":
             model, class_names = load_merged(checkpoint, device), read_info(checkpoint).class_names
         else:
             model, class_names, _ = ckpt_io.rebuild_model(ckpt_io.load(checkpoint))
-            model = model.to(device)
+            model = model.to(device).eval()
+        model.cast_backbone(dtype)
         if cfg.model.task != model.cfg.task:
             _fail(f"{checkpoint} is a {model.cfg.task} model; {config} is a {cfg.model.task} setup")
         if cfg.model.task == "detect":
@@ -162,8 +172,7 @@ def evaluate(
     from tqdm import tqdm
 
     result = run_eval(
-        model, loader, class_names, device, autocast_dtype(cfg.train.amp, device),
-        progress=lambda it: tqdm(it, desc="eval", unit="batch"),
+        model, loader, class_names, device, progress=lambda it: tqdm(it, desc="eval", unit="batch"),
     )  # fmt: skip
     paths = write_report(result, out or cfg.path(cfg.train.out_dir), name=f"eval_{split}")
     for b in result.broken:
@@ -179,7 +188,6 @@ def _evaluate_detection(cfg, model, class_names, split, out, device) -> None:
     detections in the AVA results format (detections_<split>.csv)."""
     from tqdm import tqdm
 
-    from model.precision import autocast_dtype
     from training.ava import write_detections
     from training.ava_eval import write_detection_report
     from training.detection import evaluate_detection, keyframe_loader, load_ava
@@ -193,7 +201,6 @@ def _evaluate_detection(cfg, model, class_names, split, out, device) -> None:
         detections: dict = {}
         report = evaluate_detection(
             model, loader, data, d.detect_boxes, d.detect_threshold, device,
-            autocast_dtype(cfg.train.amp, device),
             progress=lambda it: tqdm(it, desc="eval", unit="batch"), detections_out=detections,
         )  # fmt: skip
     except ValueError as e:  # e.g. detect_boxes: proposals without a proposals file
@@ -216,6 +223,7 @@ def predict(
     top_k: int = typer.Option(5, min=1),
     clips: int = typer.Option(None, help="temporal clips (default: the checkpoint's)"),
     crops: int = typer.Option(None, help="spatial crops, 1 or 3 (default: the checkpoint's)"),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
 ) -> None:
     """Top-k labels for one local video file (a detection model: actors with their top-k
     actions at each 1 Hz key frame)."""
@@ -225,7 +233,7 @@ def predict(
     from video.views import ViewSpec, load_keyframe_clips, load_views
 
     try:
-        runner = ModelRunner(str(model))
+        runner = ModelRunner(str(model), precision=precision)
         spec = ViewSpec.from_preprocess(runner.info.preprocess).with_views(clips, crops)
         if runner.task == "detect":
             key_clips, times, _ = load_keyframe_clips(video, spec)
@@ -235,9 +243,7 @@ def predict(
         _fail(str(e))
     names = runner.info.class_names
     if runner.task == "detect":
-        found = [
-            d for chunk in key_clips.split(16) for d in runner.detect([(c, None) for c in chunk])
-        ]
+        found = runner.detect([(c, None) for c in key_clips])
         for t, actors in zip(times, found, strict=True):
             keep = actors.box_scores >= 0.3
             typer.echo(f"{t:.1f} s: {int(keep.sum())} actor(s)")

@@ -81,8 +81,8 @@ def main() -> None:
         t = time.perf_counter()
         views, _ = load_views(args.video, spec, limits)
         decode.append(time.perf_counter() - t)
-    runner = ModelRunner(str(args.model))
-    runner.warm_up(args.max_batch_size)
+    runner = ModelRunner(str(args.model), max_batch_size=args.max_batch_size)
+    runner.warm_up()
     one = list(views.unbind(0))
     model = []
     for _ in range(args.requests // 2):

@@ -1,4 +1,9 @@
-"""Mixed precision: which autocast dtype a device supports, shared by training and serving."""
+"""Number formats: the autocast dtype for training, the weights' dtype for inference.
+
+Training keeps fp32 weights and runs matmuls under autocast (mixed precision). Inference casts
+the backbone's weights to bf16 (fp16 where a GPU lacks bf16) instead: no fp32 master copy to
+read, no per-op casts, and the attention runs on the same flash kernels as the image model.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ def cpu_has_bf16() -> bool:
 
 
 def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """`auto`: bf16 on CUDA (fp16 where bf16 is missing) and on bf16-capable CPUs, else none."""
+    """Training's mixed precision. `auto`: bf16 on CUDA (fp16 where bf16 is missing) and on
+    bf16-capable CPUs, else none."""
     if setting == "off":
         return None
     if setting in _DTYPES:
@@ -34,6 +40,17 @@ def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return None
+
+
+def inference_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """The backbone weights' dtype for inference: `auto` is what `autocast_dtype` picks (bf16 on
+    GPUs, fp16 on GPUs without bf16, bf16 on CPUs with native bf16), else fp32. `fp32` (or its
+    older name `off`) keeps full precision."""
+    if setting in ("fp32", "off"):
+        return torch.float32
+    if setting not in ("auto", *_DTYPES):
+        raise ValueError(f"unknown precision {setting!r}: auto, bf16, fp16 or fp32")
+    return autocast_dtype(setting, device) or torch.float32
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

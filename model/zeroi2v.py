@@ -59,21 +59,33 @@ class ZeroI2V(nn.Module):
         b, _, t, h, w = x.shape
         if t != self.cfg.num_frames:
             raise ValueError(f"model takes {self.cfg.num_frames} frames per clip, got {t}")
-        frames = x.transpose(1, 2).reshape(b * t, 3, h, w)  # clip-major: frames of a clip adjacent
         visual = self.backbone
+        # Clip-major: the frames of a clip adjacent. Frames take the weights' dtype (bf16 for
+        # inference, model/precision.py); under autocast the weights stay fp32 and so do they.
+        frames = x.transpose(1, 2).reshape(b * t, 3, h, w).to(visual.conv1.weight.dtype)
         tokens = visual._embeds(frames)
         if self.temporal_embedding is not None:
-            tokens = tokens.view(b, t, -1, tokens.shape[-1]) + self.temporal_embedding[:, None]
+            # The weights' dtype: under autocast the fp32 embedding keeps the residual stream
+            # fp32, as it always did; with a bf16 backbone it joins in bf16.
+            embedding = self.temporal_embedding[:, None].to(visual.conv1.weight.dtype)
+            tokens = tokens.view(b, t, -1, tokens.shape[-1]) + embedding
             tokens = tokens.view(b * t, -1, tokens.shape[-1])
         return visual.transformer(tokens)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 3, T, H, W) float frames -> per-frame pooled features (B, T, width)."""
+        """x (B, 3, T, H, W) float frames -> per-frame pooled features (B, T, width), fp32."""
         pooled, _ = self.backbone._pool(self.forward_tokens(x))
-        return pooled.view(x.shape[0], x.shape[2], -1)
+        return pooled.view(x.shape[0], x.shape[2], -1).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x).mean(dim=1))
+
+    def cast_backbone(self, dtype: torch.dtype) -> ZeroI2V:
+        """Inference in `dtype` (model/precision.py): the backbone's weights are cast, the heads
+        stay fp32 (they are tiny, and box decoding and scores keep full precision). Inputs are
+        cast on entry and features leave as fp32, so callers pass and get fp32 either way."""
+        self.backbone.to(dtype)
+        return self
 
     # --- which parameters train (paper Table 2 compares these) ---
 

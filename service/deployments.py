@@ -12,6 +12,7 @@ request sent) batched by `detect_clips`. `build_app` is the import path of the S
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
@@ -32,14 +33,18 @@ class ModelDeployment:
     def __init__(self, settings: dict):
         s = ServiceSettings.model_validate(settings)
         torch.set_num_threads(s.torch_threads or os.cpu_count() or 1)
-        self.runner = ModelRunner(s.model_path, s.device, s.precision)
+        self.runner = ModelRunner(s.model_path, s.device, s.precision, s.compile, s.max_batch_size)
         self.infer_views.set_max_batch_size(s.max_batch_size)
         self.infer_views.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
         self.detect_clips.set_max_batch_size(s.max_batch_size)
         self.detect_clips.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
         self.metrics = ModelMetrics()
         self.waiting = 0
-        self.runner.warm_up(s.max_batch_size)
+        seconds = self.runner.warm_up()
+        logging.getLogger("ray.serve").info(
+            "model warmed up in %.1f s on %s (%s, compile %s; seconds per batch size: %s)",
+            seconds, self.runner.device, self.runner.dtype, s.compile, self.runner.warm_up_s,
+        )  # fmt: skip
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def infer_views(self, views: list[torch.Tensor]) -> list[tuple]:

@@ -5,6 +5,11 @@ Plain code; the Ray model deployment wraps `run` (classification) and `detect` (
 requests; each comes back as its softmax probabilities, and the caller averages a request's
 views. A detection batch is a list of key-frame clips, each with the boxes a user sent or None
 (then the model's localiser finds the actors); each comes back as its ActorDetections.
+
+Precision: the backbone's weights in bf16 on GPUs (model/precision.py), not autocast over fp32.
+Compilation (`compile`, off by default): torch.compile of the transformer blocks, with static
+shapes. Batches are padded up to a few sizes (1, 2, 4, ... max_batch_size), each compiled (and
+with reduce-overhead, captured as a CUDA graph) during warm-up, before the replica reports ready.
 """
 
 from __future__ import annotations
@@ -16,31 +21,81 @@ import torch
 from model import load_merged, read_info
 from model.detection import ActorDetections
 from model.flops import model_macs
-from model.precision import autocast, autocast_dtype
+from model.precision import inference_dtype
 from model.zeroi2v import video_probabilities
+
+COMPILE_MODES = ("off", "default", "reduce-overhead")
+
+
+def batch_buckets(max_batch_size: int) -> list[int]:
+    """The batch sizes a compiled model runs: powers of two below max_batch_size, and it.
+    Padding a batch to the next one wastes < half a batch; each size costs one compilation."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch_size:
+        sizes.append(sizes[-1] * 2)
+    return sorted({*sizes, max_batch_size})
 
 
 class ModelRunner:
-    def __init__(self, model_path: str, device: str = "auto", precision: str = "auto"):
+    def __init__(
+        self,
+        model_path: str,
+        device: str = "auto",
+        precision: str = "auto",
+        compile: str = "off",
+        max_batch_size: int = 16,
+    ):
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {compile!r}: {', '.join(COMPILE_MODES)}")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.info = read_info(model_path)
-        self.model = load_merged(model_path, device=self.device)
-        self.amp = autocast_dtype(precision, self.device)
+        self.dtype = inference_dtype(precision, self.device)
+        self.model = load_merged(model_path, device=self.device).cast_backbone(self.dtype)
         cfg = self.model.cfg
         self.clip_shape = (3, cfg.num_frames, cfg.image_size, cfg.image_size)
         self.macs_per_view = model_macs(self.model, self.clip_shape)
+        self.max_batch_size = max_batch_size
+        self.compile = compile
+        self.buckets = batch_buckets(max_batch_size) if compile != "off" else []
+        if self.buckets:
+            # One graph per bucket, counted per code object across every compiled model in the
+            # process: each runner raises the limit by what it needs (fullgraph fails past it).
+            # (The setting is recompile_limit from torch 2.7 on, cache_size_limit before.)
+            config = torch._dynamo.config
+            name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+            setattr(config, name, getattr(config, name) + len(self.buckets))
+            # The blocks are the cost; embedding, pooling and the heads (box decoding has
+            # data-dependent shapes) stay eager, so both tasks compile the same way.
+            self.model.backbone.transformer.compile(mode=compile, dynamic=False, fullgraph=True)
+        self.warm_up_s: dict[int, float] = {}
         self.warmed_up = False
+
+    def _chunks(self, n: int) -> list[tuple[int, int, int]]:
+        """(start, end, padded size) of the model calls for n items."""
+        out = []
+        for start in range(0, n, self.max_batch_size):
+            end = min(n, start + self.max_batch_size)
+            size = end - start
+            padded = next((b for b in self.buckets if b >= size), size)
+            out.append((start, end, padded))
+        return out
+
+    def _pad(self, batch: torch.Tensor, size: int) -> torch.Tensor:
+        if len(batch) == size:
+            return batch
+        return torch.cat([batch, batch.new_zeros(size - len(batch), *batch.shape[1:])])
 
     @torch.inference_mode()
     def run(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-view softmax probabilities for a batch of views, each (3, T, S, S)."""
-        batch = torch.stack(views).to(self.device, non_blocking=True)
-        with autocast(self.device, self.amp):
-            logits = self.model(batch)
-        probs = logits.float().softmax(-1).cpu()
-        return list(probs.unbind(0))
+        probs = []
+        for start, end, padded in self._chunks(len(views)):
+            batch = torch.stack(views[start:end]).to(self.device, non_blocking=True)
+            logits = self.model(self._pad(batch, padded))[: end - start]
+            probs.append(logits.float().softmax(-1).cpu())
+        return list(torch.cat(probs).unbind(0))
 
     @property
     def task(self) -> str:
@@ -57,28 +112,40 @@ class ModelRunner:
     ) -> list[ActorDetections]:
         """Actors and action probabilities for key-frame clips (3, T, S, S), each with its given
         boxes (K, 4) normalised, or None for the localiser's."""
-        batch = torch.stack([clip for clip, _ in items]).to(self.device, non_blocking=True)
-        with autocast(self.device, self.amp):
-            return self.model.detect(
-                batch, [boxes for _, boxes in items], threshold=self.MIN_BOX_SCORE,
-                max_actors=self.MAX_ACTORS,
-            )  # fmt: skip
+        found = []
+        for start, end, padded in self._chunks(len(items)):
+            clips = torch.stack([clip for clip, _ in items[start:end]])
+            boxes = [b for _, b in items[start:end]] + [None] * (padded - (end - start))
+            found += self.model.detect(
+                self._pad(clips.to(self.device, non_blocking=True), padded), boxes,
+                threshold=self.MIN_BOX_SCORE, max_actors=self.MAX_ACTORS,
+            )[: end - start]  # fmt: skip
+        return found
 
     def probabilities(self, views: torch.Tensor) -> torch.Tensor:
         """One video's views (V, 3, T, S, S) -> (num_classes,), softmax averaged over views."""
-        return video_probabilities(self.model, views[None].to(self.device), self.amp)[0].cpu()
+        if self.buckets:  # compiled: only the warmed-up batch sizes
+            return torch.stack(self.run(list(views.unbind(0)))).mean(0)
+        return video_probabilities(self.model, views[None].to(self.device))[0].cpu()
 
-    def warm_up(self, max_batch_size: int) -> float:
-        """Run the largest and the smallest batch once (kernels, allocator); returns seconds."""
+    def warm_up(self) -> float:
+        """Run every batch size the model will see before serving: the compiled buckets (each
+        compiles, and is run three times so CUDA graphs are recorded and replayed), or in eager
+        mode the largest and the smallest batch (kernels, allocator). Returns seconds; per
+        batch size in `warm_up_s`."""
         start = time.perf_counter()
         view = torch.zeros(self.clip_shape)
-        for size in sorted({max_batch_size, 1}, reverse=True):
-            if self.task == "detect":
-                self.detect([(view, None)] * size)
-            else:
-                self.run([view] * size)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        sizes = self.buckets or sorted({self.max_batch_size, 1})
+        for size in reversed(sizes):
+            began = time.perf_counter()
+            for _ in range(3 if self.buckets else 1):
+                if self.task == "detect":
+                    self.detect([(view, None)] * size)
+                else:
+                    self.run([view] * size)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.warm_up_s[size] = round(time.perf_counter() - began, 3)
         self.warmed_up = True
         return time.perf_counter() - start
 
@@ -103,5 +170,7 @@ class ModelRunner:
             "gflops_per_video": round(self.macs_per_view * views / 1e9, 3),
             "gflops_note": "multiply-adds, as the ZeroI2V paper counts them",
             "device": str(self.device),
-            "precision": str(self.amp).replace("torch.", "") if self.amp else "float32",
+            "precision": str(self.dtype).replace("torch.", ""),
+            "compile": self.compile,
+            "warm_up_s": self.warm_up_s,
         }

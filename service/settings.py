@@ -5,6 +5,7 @@ message that names it instead of failing on the first request."""
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -14,7 +15,13 @@ class ServiceSettings(BaseModel):
 
     model_path: str
     device: str = "auto"  # auto: the GPU when there is one
-    precision: str = "auto"  # auto: bf16 on GPUs and on CPUs with native bf16, else fp32
+    # The backbone weights' dtype. auto: bf16 on GPUs (fp16 without bf16) and on CPUs with
+    # native bf16, else fp32; "off" is the older name of fp32.
+    precision: Literal["auto", "bf16", "fp16", "fp32", "off"] = "auto"
+    # torch.compile of the model, warmed up for every padded batch size before /readyz is green.
+    # Off by default, on GPUs too: it adds minutes of start-up per replica, and with the
+    # copy-free STDHA eager bf16 already costs what the image model costs (benchmarks/README.md).
+    compile: Literal["off", "default", "reduce-overhead"] = "off"
     # Torch threads in the model replica. Ray sets OMP_NUM_THREADS to an actor's num_cpus (1),
     # which would run a CPU model on one core; 0 means every core of the machine.
     torch_threads: int = Field(0, ge=0)

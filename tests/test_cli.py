@@ -33,7 +33,7 @@ def test_merge_info_predict_eval(trained_run, synth_dir, tmp_path):
     for checkpoint in (out, trained_run / "last.pt"):  # merged and unmerged give the same
         result = runner.invoke(
             app, ["eval", str(config), "--checkpoint", str(checkpoint), "--crops", "3",
-                  "--out", str(tmp_path / checkpoint.suffix[1:])],
+                  "--precision", "fp32", "--out", str(tmp_path / checkpoint.suffix[1:])],
         )  # fmt: skip
         assert result.exit_code == 0, result.output
     merged = json.loads((tmp_path / "safetensors" / "eval_val.json").read_text())
@@ -42,6 +42,31 @@ def test_merge_info_predict_eval(trained_run, synth_dir, tmp_path):
     assert merged["videos"] == unmerged["videos"] == val_videos
     assert merged["confusion"] == unmerged["confusion"]
     assert (tmp_path / "pt" / "eval_val_confusion.png").exists()
+
+
+def test_predict_and_eval_in_bf16_and_a_bad_precision(trained_run, synth_dir, tmp_path):
+    out = tmp_path / "tiny.safetensors"
+    assert (
+        runner.invoke(app, ["merge", str(trained_run / "last.pt"), "-o", str(out)]).exit_code == 0
+    )
+    video = next((synth_dir / "videos").rglob("*.mp4"))
+    answers = {}
+    for precision in ("fp32", "bf16"):
+        result = runner.invoke(
+            app, ["predict", str(video), "-m", str(out), "--precision", precision]
+        )
+        assert result.exit_code == 0, result.output
+        lines = [line.split() for line in result.output.strip().splitlines()]
+        answers[precision] = {name: float(score) for score, name in lines}
+    for name in answers["bf16"].keys() & answers["fp32"].keys():  # near-ties may reorder
+        assert abs(answers["bf16"][name] - answers["fp32"][name]) < 0.02
+    result = runner.invoke(app, ["predict", str(video), "-m", str(out), "--precision", "int8"])
+    assert result.exit_code == 2 and "unknown precision 'int8'" in result.output
+    config = trained_run.parent / f"{trained_run.name}.yaml"
+    result = runner.invoke(
+        app, ["eval", str(config), "--checkpoint", str(out), "--precision", "fp8"]
+    )  # fmt: skip
+    assert result.exit_code == 2 and "unknown precision 'fp8'" in result.output
 
 
 def test_predict_bad_video(trained_run, tmp_path):

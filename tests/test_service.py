@@ -56,8 +56,8 @@ class DirectBackend:
 
 def local_client(model: Path, delay_s: float = 0.0, **settings) -> TestClient:
     s = ServiceSettings(model_path=str(model), **settings)
-    runner = ModelRunner(str(model))
-    runner.warm_up(2)
+    runner = ModelRunner(str(model), max_batch_size=2)
+    runner.warm_up()
     app = create_app()
     app.state.service = VideoService(s, read_info(model), DirectBackend(runner, delay_s))
     return TestClient(app)
