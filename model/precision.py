@@ -1,8 +1,8 @@
 """Number formats: the autocast dtype for training, the weights' dtype for inference.
 
 Training keeps fp32 weights and runs matmuls under autocast (mixed precision). Inference casts
-the backbone's weights to bf16 (fp16 where a GPU lacks bf16) instead: no fp32 master copy to
-read, no per-op casts, and the attention runs on the same flash kernels as the image model.
+the backbone's weights to bf16 (fp16 where a GPU lacks bf16) instead: half the weight bytes to
+read, and no per-op casts.
 """
 
 from __future__ import annotations

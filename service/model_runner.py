@@ -60,8 +60,9 @@ class ModelRunner:
         self.compile = compile
         self.buckets = batch_buckets(max_batch_size) if compile != "off" else []
         if self.buckets:
-            # One graph per bucket, counted per code object across every compiled model in the
-            # process: each runner raises the limit by what it needs (fullgraph fails past it).
+            # One graph per bucket, and dynamo's recompile limit counts the graphs of a compiled
+            # function across every model in the process: each runner raises it by what it
+            # needs (with fullgraph, going past it is an error, not a fall-back to eager).
             # (The setting is recompile_limit from torch 2.7 on, cache_size_limit before.)
             config = torch._dynamo.config
             name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
@@ -115,7 +116,9 @@ class ModelRunner:
         found = []
         for start, end, padded in self._chunks(len(items)):
             clips = torch.stack([clip for clip, _ in items[start:end]])
-            boxes = [b for _, b in items[start:end]] + [None] * (padded - (end - start))
+            # Padding clips get no boxes (not None, which would ask the localiser for actors).
+            padding = [torch.zeros(0, 4)] * (padded - (end - start))
+            boxes = [b for _, b in items[start:end]] + padding
             found += self.model.detect(
                 self._pad(clips.to(self.device, non_blocking=True), padded), boxes,
                 threshold=self.MIN_BOX_SCORE, max_actors=self.MAX_ACTORS,

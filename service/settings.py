@@ -19,8 +19,9 @@ class ServiceSettings(BaseModel):
     # native bf16, else fp32; "off" is the older name of fp32.
     precision: Literal["auto", "bf16", "fp16", "fp32", "off"] = "auto"
     # torch.compile of the model, warmed up for every padded batch size before /readyz is green.
-    # Off by default, on GPUs too: it adds minutes of start-up per replica, and with the
-    # copy-free STDHA eager bf16 already costs what the image model costs (benchmarks/README.md).
+    # Off by default, on GPUs too: it adds half a minute or more of start-up per batch size and
+    # replica, and the copy-free STDHA is meant to make eager bf16 cost what the image model
+    # costs; benchmarks/README.md has what was measured and the GPU script that decides it.
     compile: Literal["off", "default", "reduce-overhead"] = "off"
     # Torch threads in the model replica. Ray sets OMP_NUM_THREADS to an actor's num_cpus (1),
     # which would run a CPU model on one core; 0 means every core of the machine.

@@ -109,10 +109,33 @@ def test_eager_runner_chunks_batches_larger_than_the_maximum(classifier):
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
+def test_padding_to_a_bucket_changes_no_answer(classifier, detector):
+    """What a compiled runner does to a batch of 3 with buckets 1, 2, 4: pad with empty clips
+    to 4, run, drop the padding. Checked on the eager model (no compilation needed)."""
+    for path in (classifier, detector):
+        plain = ModelRunner(str(path), "cpu", "fp32", max_batch_size=4)
+        padded = ModelRunner(str(path), "cpu", "fp32", max_batch_size=4)
+        padded.buckets = batch_buckets(4)
+        assert padded._chunks(3) == [(0, 3, 4)] and plain._chunks(3) == [(0, 3, 3)]
+        views = _views(3, seed=5)
+        if plain.task == "detect":
+            box = torch.tensor([[0.2, 0.2, 0.8, 0.8]])
+            items = [(views[0], box), (views[1], None), (views[2], box)]
+            got, want = padded.detect(items), plain.detect(items)
+            assert len(got) == 3
+            for g, w in zip(got, want, strict=True):
+                torch.testing.assert_close(g.boxes, w.boxes, atol=1e-6, rtol=1e-6)
+                torch.testing.assert_close(g.action_probs, w.action_probs, atol=1e-6, rtol=1e-6)
+        else:
+            got = torch.stack(padded.run(views))
+            torch.testing.assert_close(got, torch.stack(plain.run(views)), atol=1e-6, rtol=1e-6)
+
+
 def test_compiled_runner_compiles_only_while_warming_up(classifier, detector):
     """Every batch size the batcher can form runs a graph compiled during warm-up (padded up
     to its bucket), with the eager model's answers; after warm-up nothing compiles."""
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     eager = ModelRunner(str(classifier), "cpu", "fp32", max_batch_size=2)
     compiled = ModelRunner(str(classifier), "cpu", "fp32", "default", max_batch_size=2)
     det_eager = ModelRunner(str(detector), "cpu", "fp32", max_batch_size=2)
