@@ -22,7 +22,6 @@ from model import load_merged, read_info
 from model.detection import ActorDetections
 from model.flops import model_macs
 from model.precision import inference_dtype
-from model.zeroi2v import video_probabilities
 
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 
@@ -127,9 +126,7 @@ class ModelRunner:
 
     def probabilities(self, views: torch.Tensor) -> torch.Tensor:
         """One video's views (V, 3, T, S, S) -> (num_classes,), softmax averaged over views."""
-        if self.buckets:  # compiled: only the warmed-up batch sizes
-            return torch.stack(self.run(list(views.unbind(0)))).mean(0)
-        return video_probabilities(self.model, views[None].to(self.device))[0].cpu()
+        return torch.stack(self.run(list(views.unbind(0)))).mean(0)
 
     def warm_up(self) -> float:
         """Run every batch size the model will see before serving: the compiled buckets (each

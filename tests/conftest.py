@@ -3,20 +3,13 @@ from pathlib import Path
 import pytest
 
 from model import ZeroI2VConfig
-from tests.helpers import TINY, tiny_config, tiny_detect_config
+from tests.helpers import tiny_config, tiny_detect_config, tiny_model_config
 from training.synth import write_synthetic_dataset
 
 
 @pytest.fixture
 def tiny_cfg() -> ZeroI2VConfig:
-    return ZeroI2VConfig(
-        backbone=TINY,
-        image_size=32,
-        num_frames=4,
-        num_classes=7,
-        temporal_offsets=[1, -1, 2, 0],
-        head_dropout=0.0,
-    )
+    return tiny_model_config()
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,23 @@ from pathlib import Path
 import torch
 import yaml
 
+from model import ZeroI2VConfig
 from model.adapters import adapters_of
 
 TINY = "zeroi2v-ViT-T-8"  # 2 blocks, width 64, 4 heads, patch 8 (model/open_clip_configs)
+
+
+def tiny_model_config(**overrides) -> ZeroI2VConfig:
+    """The tiny model most tests build: 4 frames of 32 px, Δt {+1, -1, +2, 0}, 7 classes."""
+    base = dict(
+        backbone=TINY,
+        image_size=32,
+        num_frames=4,
+        num_classes=7,
+        temporal_offsets=[1, -1, 2, 0],
+        head_dropout=0.0,
+    )
+    return ZeroI2VConfig(**{**base, **overrides})
 
 
 def randomize_adapters(model, std: float = 0.2, seed: int = 0) -> None:

@@ -11,21 +11,12 @@ from model.detection import (
     localiser_targets,
     roi_features,
 )
-from tests.helpers import TINY, randomize_adapters
+from tests.helpers import randomize_adapters, tiny_model_config
 
 
 def detect_cfg(**kw) -> ZeroI2VConfig:
-    base = dict(
-        backbone=TINY,
-        num_frames=4,
-        image_size=32,
-        num_classes=5,
-        temporal_offsets=[1, -1, 0, 0],
-        task="detect",
-        roi_size=3,
-        head_dropout=0.0,
-    )
-    return ZeroI2VConfig(**{**base, **kw})
+    base = dict(num_classes=5, temporal_offsets=[1, -1, 0, 0], task="detect", roi_size=3)
+    return tiny_model_config(**{**base, **kw})
 
 
 def crop_and_resize(fmap: torch.Tensor, box: list[float], size: int) -> torch.Tensor:

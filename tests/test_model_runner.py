@@ -4,23 +4,15 @@ import pytest
 import torch
 import torch._dynamo
 
-from model import ZeroI2VConfig, build_model, load_merged, merge_adapters, save_merged
+from model import build_model, load_merged, merge_adapters, save_merged
 from model.precision import inference_dtype
 from service.model_runner import ModelRunner, batch_buckets
 from service.settings import ServiceSettings
-from tests.helpers import TINY, randomize_adapters
+from tests.helpers import randomize_adapters, tiny_model_config
 
 
 def _save(tmp_path, **kw):
-    cfg = ZeroI2VConfig(
-        backbone=TINY,
-        image_size=32,
-        num_frames=4,
-        num_classes=5,
-        temporal_offsets=[1, -1, 2, 0],
-        head_dropout=0.0,
-        **kw,
-    )
+    cfg = tiny_model_config(num_classes=5, **kw)
     torch.manual_seed(0)
     model = build_model(cfg)
     randomize_adapters(model)
