@@ -422,3 +422,81 @@ def test_real_packaged_clips_match_a_full_decode(name):
                 expected = frame.to_ndarray(format="rgb24")
                 assert np.array_equal(frames[i].permute(1, 2, 0).numpy(), expected), i
     assert count == n
+
+
+# -- decoding only what the read needs ---------------------------------------------------------
+
+
+def every_frame(path: Path) -> list[np.ndarray]:
+    """Reference: every frame decoded in order by PyAV alone, as RGB."""
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+@pytest.mark.parametrize(
+    ("name", "b_frames"),
+    [("bikes.mp4", True), ("bigbuckbunny.mp4", False), ("carphone_pristine.mp4", True)],
+)
+def test_unreferenced_frames_are_skipped_and_wanted_frames_are_exact(name, b_frames):
+    """Real H.264 clips: B-frames nobody wants are never decoded, and the frames that are
+    wanted equal PyAV's own decoding of every frame, bit for bit."""
+    try:
+        path = packaged_clip(name)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    reference = every_frame(path)
+    targets = list(range(3, len(reference), 7))
+    for threads in (1, 0):
+        with VideoReader(path, DecodeLimits(threads=threads)) as reader:
+            frames = reader.read(targets)
+            decoded = reader.frames_decoded
+        for k, i in enumerate(targets):
+            assert np.array_equal(frames[k].permute(1, 2, 0).numpy(), reference[i]), (name, i)
+        if b_frames:  # some were skipped
+            assert decoded < targets[-1] + 1, (name, threads, decoded)
+
+
+def test_a_corrupt_reference_frame_is_not_skipped_silently(media):
+    """The skip is decided from the NAL headers: a zeroed packet is sent to the decoder, which
+    fails on it, and the frames predicted from it are refused, wanted or not."""
+    path = write_clip(media / "corrupt_ref.mp4", 30, gop=30)
+    with av.open(str(path)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+    data = bytearray(path.read_bytes())
+    pos, size = packets[5]
+    data[pos + 4 : pos + size] = bytes(size - 4)
+    with VideoReader(bytes(data)) as reader, pytest.raises(NotAVideo, match="not be decoded"):
+        reader.read([20])
+
+
+def test_read_with_a_transform_keeps_only_transformed_frames(mp4):
+    import torchvision.transforms.v2.functional as TF
+
+    half = lambda f: TF.resize(f, [24], antialias=True)  # noqa: E731
+    with VideoReader(mp4) as reader:
+        full = reader.read([4, 1, 4])
+        small = reader.read([4, 1, 4], transform=half)
+    assert small.shape == (3, 3, 24, 32)
+    assert small.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(small, half(full))
+
+
+def test_decode_device():
+    from video.decode import DecodeDeviceError, resolve_decode_device
+
+    assert resolve_decode_device("cpu") == "cpu"
+    if torch.cuda.is_available():
+        pytest.skip("a GPU machine: the fallback is what this test is about")
+    assert resolve_decode_device("auto") == "cpu"
+    with pytest.raises(DecodeDeviceError, match="decode_device=cuda, but this process sees no"):
+        resolve_decode_device("cuda")
+    with pytest.raises(DecodeDeviceError, match="auto, cpu or cuda"):
+        resolve_decode_device("gpu")
+
+
+def test_a_video_falls_back_to_cpu_decoding_when_nvdec_cannot_open(mp4):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU machine: NVDEC opens")
+    with VideoReader(mp4, device="cuda") as reader, VideoReader(mp4) as cpu:
+        assert reader.hardware is False
+        assert torch.equal(reader.read([0, 5, 9]), cpu.read([0, 5, 9]))

@@ -17,6 +17,8 @@ from video import (
     resize_short_side,
     spatial_crops,
 )
+from video.packaged import packaged_clip
+from video.sampling import keyframe_clip
 
 
 def columns(t: int, h: int, w: int) -> torch.Tensor:
@@ -156,7 +158,11 @@ def test_load_views(tmp_path, monkeypatch):
     spec = ViewSpec(sampling=SamplingSpec(num_frames=4, interval=2, num_clips=2), image_size=32)
     reads = []
     original = VideoReader.read
-    monkeypatch.setattr(VideoReader, "read", lambda self, i: reads.append(i) or original(self, i))
+    monkeypatch.setattr(
+        VideoReader,
+        "read",
+        lambda self, i, transform: reads.append(i) or original(self, i, transform),
+    )
     views, info = load_views(path, spec)
     assert info.num_frames == 60 and views.shape == (2, 3, 4, 32, 32)
     plan = spec.sampling.plan(60, train=False)
@@ -185,3 +191,54 @@ def test_load_views_short_video_repeats_frames(tmp_path):
 def test_load_views_errors_pass_through():
     with pytest.raises(NotAVideo):
         load_views(b"not a video at all" * 100, ViewSpec())
+
+
+def test_views_equal_full_frames_resized_afterwards():
+    """Exact, tolerance 0: frames resized as they are decoded (the service's path) give the
+    views the full-size path gives, on real footage, for classification and detection."""
+    from video.views import decode_clips, detection_view, load_keyframe_clips, views_from_clips
+
+    try:
+        path = packaged_clip("bikes.mp4")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    spec = ViewSpec(SamplingSpec(num_frames=8, interval=16, num_clips=3), 112, spatial_crops=3)
+    with VideoReader(path) as reader:
+        plan = spec.sampling.plan(reader.info.num_frames, train=False)
+        full = reader.read([i for clip in plan for i in clip]).split(8)
+    decoded = decode_clips(path, spec)
+    assert decoded.clips.dtype == torch.uint8 and decoded.clips.shape == (3, 8, 3, 112, 263)
+    assert torch.equal(views_from_clips(decoded.clips, spec), make_views(full, spec))
+    assert 0 < decoded.frames_decoded < plan[-1][-1] + 1 and not decoded.hardware
+    clips, times, _ = load_keyframe_clips(path, spec, [2.0])
+    with VideoReader(path) as reader:
+        centre = round(2.0 * reader.info.fps)
+        frames = reader.read(keyframe_clip(centre, reader.info.num_frames, 8, 16))
+    assert times == [2.0]
+    assert torch.equal(clips[0], detection_view(frames, 112, spec.mean, spec.std))
+
+
+def test_snap_to_keyframes():
+    from video.sampling import snap_to_keyframes
+
+    plan = [[0, 8, 16, 24], [2, 10, 18, 26]]
+    assert snap_to_keyframes(plan, [0, 10, 20]) == [[0, 10, 16, 24], [0, 10, 20, 26]]
+    assert snap_to_keyframes(plan, []) == plan  # timestamps not trusted: exact
+    assert snap_to_keyframes(plan, [0]) == [[0, 8, 16, 24], [0, 10, 18, 26]]
+
+
+def test_fast_sampling_decodes_keyframes_only_where_they_are_close(tmp_path):
+    from video.views import decode_clips
+
+    path = write_clip(tmp_path / "gop4.mp4", 64, gop=4)
+    spec = ViewSpec(SamplingSpec(num_frames=4, interval=15, num_clips=1), image_size=32)
+    exact, fast = decode_clips(path, spec), decode_clips(path, spec, sampling="fast")
+    assert fast.frames_decoded < exact.frames_decoded
+    exact_ordinals = [ordinal_of(f) for f in exact.clips[0]]
+    fast_ordinals = [ordinal_of(f) for f in fast.clips[0]]
+    assert all(
+        o % 4 == 0 and 2 * abs(o - e) < 15
+        for o, e in zip(fast_ordinals, exact_ordinals, strict=True)
+    )
+    with pytest.raises(ValueError, match="exact or fast"):
+        decode_clips(path, spec, sampling="quick")

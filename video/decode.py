@@ -21,7 +21,7 @@ import functools
 import io
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import BinaryIO
@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
+# A per-frame step of `VideoReader.read`: (1, 3, H, W) uint8 -> (1, 3, H', W') uint8.
+FrameTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 class VideoError(ValueError):
@@ -137,11 +139,17 @@ class VideoReader:
     `frames_decoded` and `seeks` count the work done, for tests and diagnostics.
     """
 
-    def __init__(self, source: Source, limits: DecodeLimits = DecodeLimits()):
+    def __init__(self, source: Source, limits: DecodeLimits = DecodeLimits(), device: str = "cpu"):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"decode device is 'cpu' or 'cuda', not {device!r}")
         self.limits = limits
+        self.device = device
+        self.hardware = False  # whether NVDEC decodes this video (see _open)
         self.frames_decoded = 0
         self.seeks = 0
         self._container = None
+        self._transform: FrameTransform | None = None
+        self._keep_pts: set[int] | None = None
         self._input, self.name = _input_of(source)
         try:
             with _translate_errors(self.name, "open", limits.timeout_s):
@@ -166,21 +174,38 @@ class VideoReader:
             with contextlib.suppress(Exception):
                 container.close()
 
-    def read(self, indices: Sequence[int]) -> torch.Tensor:
+    def read(self, indices: Sequence[int], transform: FrameTransform | None = None) -> torch.Tensor:
         """Frames by ordinal (any order, repeats allowed) as (N, 3, H, W) uint8, in the order
-        asked. Raises IndexError for an ordinal outside [0, num_frames)."""
+        asked. Raises IndexError for an ordinal outside [0, num_frames).
+
+        transform: applied to each frame, (1, 3, H, W) uint8, right after it is decoded (a
+        resize, say): only the transformed frames are kept, and the result has their size. The
+        frame it gets and the result are channels-last in memory, which is what torch's fast
+        uint8 resize reads, and how the decoder's RGB comes out; no NCHW copy is made.
+        """
         if self._container is None:
             raise ValueError(f"{self.name}: the reader is closed")
         wanted = [_ordinal(i, self.info.num_frames, self.name) for i in indices]
-        out = torch.empty((len(wanted), 3, self.info.height, self.info.width), dtype=torch.uint8)
         if not wanted:
-            return out
+            return torch.empty((0, 3, self.info.height, self.info.width), dtype=torch.uint8)
         with _translate_errors(self.name, "read", self.limits.timeout_s):
             self._deadline = time.monotonic() + self.limits.timeout_s
+            self._transform = transform
             frames = self._decode_targets(sorted(set(wanted)))
-        for k, i in enumerate(wanted):
-            out[k] = torch.from_numpy(frames[i]).permute(2, 0, 1)
-        return out
+        if transform is None:
+            out = torch.empty(
+                (len(wanted), 3, self.info.height, self.info.width), dtype=torch.uint8
+            )
+            for k, i in enumerate(wanted):
+                out[k] = frames[i].permute(2, 0, 1)
+            return out
+        return torch.stack([frames[i] for i in wanted]).permute(0, 3, 1, 2)
+
+    @property
+    def keyframes(self) -> list[int]:
+        """Ordinals of the keyframes (where decoding can start), [] when frames are counted
+        in decode order because the timestamps cannot be trusted."""
+        return list(self._keyframes)
 
     # -- opening and indexing --------------------------------------------------------------
 
@@ -189,9 +214,7 @@ class VideoReader:
         # interrupts a read that blocks (a stalled file system) where our clock cannot.
         source = "file:" + self._input if isinstance(self._input, str) else self._input
         try:
-            self._container = av.open(
-                source, "r", container_options=_open_options(), timeout=self.limits.timeout_s
-            )
+            self._container = self._open_container(source)
         except av.error.ArgumentError as exc:
             raise NotAVideo(
                 f"{self.name}: cannot open as a video: {_describe(exc)} (a playlist or network "
@@ -215,10 +238,29 @@ class VideoReader:
             if s is not self._stream:
                 s.discard = av.stream.Discard.all  # never read audio or other streams
         ctx = self._stream.codec_context
-        ctx.thread_type = "AUTO"
-        ctx.thread_count = self.limits.threads
+        extradata = ctx.extradata or b""
+        # avcC extradata (version 1) gives the size of the NAL length fields; without it the
+        # stream is Annex B.
+        self._nal_length_size = (extradata[4] & 3) + 1 if extradata[:1] == b"\x01" else None
+        self.hardware = bool(ctx.is_hwaccel)
+        if not self.hardware:  # NVDEC runs one stream per context; threads would only wait
+            ctx.thread_type = "AUTO"
+            ctx.thread_count = self.limits.threads
         if ctx.width and ctx.height:
             self._check_size(ctx.width, ctx.height)
+
+    def _open_container(self, source):
+        options = dict(container_options=_open_options(), timeout=self.limits.timeout_s)
+        if self.device == "cuda":
+            # NVDEC where the codec has it (PyAV falls back to software for the others); the
+            # frames come back to host memory as NV12 and are converted as software frames
+            # are. If the device cannot be opened at all, this video decodes on the CPU.
+            try:
+                return av.open(source, "r", hwaccel=hardware_decoder(), **options)
+            except av.FFmpegError:
+                if hasattr(source, "seek"):
+                    source.seek(self._start_pos)
+        return av.open(source, "r", **options)
 
     def _index(self) -> VideoInfo:
         """Demux every video packet (no decoding) and check the limits, then decode one frame."""
@@ -315,9 +357,12 @@ class VideoReader:
 
     # -- decoding --------------------------------------------------------------------------
 
-    def _decode_targets(self, targets: list[int]) -> dict[int, np.ndarray]:
-        """Decode the sorted unique ordinals `targets`; {ordinal: upright (H, W, 3) array}."""
-        frames: dict[int, np.ndarray] = {}
+    def _decode_targets(
+        self, targets: list[int], skip_unreferenced: bool = True
+    ) -> dict[int, torch.Tensor]:
+        """Decode the sorted unique ordinals `targets`; {ordinal: _to_array(frame)}."""
+        skip = False
+        frames: dict[int, torch.Tensor] = {}
         if self._sequential:
             want = set(targets)
             for ordinal, (frame, trusted) in enumerate(self._decode_from(None)):
@@ -327,6 +372,8 @@ class VideoReader:
                 if ordinal >= targets[-1]:
                     break
         else:
+            skip = skip_unreferenced and self.info.codec == "h264"
+            self._keep_pts = {self._pts[i] for i in targets} if skip else None
             try:
                 for group in self._groups(targets):
                     self._decode_group(group, frames)
@@ -336,7 +383,13 @@ class VideoReader:
                 # so count frames from the start instead.
                 self._sequential = True
                 return self._decode_targets(targets)
+            finally:
+                self._keep_pts = None
         missing = [i for i in targets if i not in frames]
+        if missing and skip:
+            # Never a wrong frame, but a file whose packets break that rule can lose one:
+            # decode it again with every frame decoded.
+            return self._decode_targets(targets, skip_unreferenced=False)
         if missing:
             shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
             raise NotAVideo(
@@ -361,7 +414,7 @@ class VideoReader:
             group.append(t)
         yield group
 
-    def _decode_group(self, group: list[int], frames: dict[int, np.ndarray]) -> None:
+    def _decode_group(self, group: list[int], frames: dict[int, torch.Tensor]) -> None:
         keyframe = self._keyframe_before(group[0])
         for attempt in range(3):
             want, first_seen, last_pts = set(group), None, None
@@ -400,12 +453,16 @@ class VideoReader:
         """
         self._seek(start_pts)
         self._decode_errors = 0
-        stream, trusted = self._stream, True
+        stream, trusted, keep = self._stream, True, self._keep_pts
         for packet in self._container.demux(stream):
             self._check_time()
             if packet.is_corrupt and packet.size:
                 # A partial packet (truncated file): with frame threads, feeding it to the
                 # decoder can lose the good frames still in flight.
+                continue
+            if keep is not None and packet.pts not in keep and self._unreferenced(packet):
+                # A frame nobody wants and no other frame references (most B-frames) is
+                # never sent to the decoder: the frames that are wanted come out the same.
                 continue
             try:
                 decoded = stream.decode(packet)
@@ -420,6 +477,30 @@ class VideoReader:
                 self._check_size(frame.width, frame.height)
                 trusted = trusted or frame.key_frame
                 yield frame, trusted and not frame.is_corrupt
+
+    def _unreferenced(self, packet: av.Packet) -> bool:
+        """Whether an H.264 packet holds one picture that no other picture references: every
+        slice's NAL header says nal_ref_idc = 0. Read from the bitstream, not left to the
+        decoder's skip_frame: a decoder told to skip drops a packet it cannot parse without an
+        error, so a corrupt reference frame would go unnoticed. Anything unexpected: False."""
+        data = bytes(packet)
+        if self._nal_length_size is None:  # Annex B: NAL units after 00 00 01 start codes
+            headers, at = [], data.find(b"\x00\x00\x01")
+            while at != -1 and at + 3 < len(data):
+                headers.append(data[at + 3])
+                at = data.find(b"\x00\x00\x01", at + 3)
+        else:  # MP4/MKV (avcC): each NAL unit after its big-endian length
+            headers, at, n = [], 0, self._nal_length_size
+            while at + n < len(data):
+                size = int.from_bytes(data[at : at + n], "big")
+                if size == 0 or at + n + size > len(data):
+                    return False
+                headers.append(data[at + n])
+                at += n + size
+            if at != len(data):
+                return False
+        slices = [h for h in headers if 1 <= h & 0x1F <= 5]
+        return bool(slices) and all(h & 0xE0 == 0 for h in slices)  # forbidden bit, ref_idc 0
 
     def _seek(self, pts: int | None) -> None:
         self.seeks += 1
@@ -437,7 +518,8 @@ class VideoReader:
             self._input.seek(self._start_pos)
         self._open()
 
-    def _to_array(self, frame: av.VideoFrame) -> np.ndarray:
+    def _to_array(self, frame: av.VideoFrame) -> torch.Tensor:
+        """An upright (H, W, 3) uint8 frame, or (H', W', 3) after the read's transform."""
         width, height = self._coded_size
         if (frame.width, frame.height) != (width, height):
             # A mid-stream size change: scale to the first frame's size so frames stack.
@@ -446,7 +528,11 @@ class VideoReader:
             array = frame.to_ndarray(format="rgb24")
         if self._rotation:
             array = np.ascontiguousarray(np.rot90(array, k=-self._rotation // 90))
-        return array
+        pixels = torch.from_numpy(array)
+        if self._transform is None:
+            return pixels
+        out = self._transform(pixels.permute(2, 0, 1).unsqueeze(0))
+        return out[0].permute(1, 2, 0)
 
     # -- limits and errors -----------------------------------------------------------------
 
@@ -545,6 +631,37 @@ def _rotation_of(frame: av.VideoFrame, stream) -> int:
         except ValueError:
             degrees = 0.0
     return int(round(degrees / 90)) * 90 % 360
+
+
+class DecodeDeviceError(ValueError):
+    """decode_device asks for a decoder this machine does not have."""
+
+
+def hardware_decoder():
+    from av.codec.hwaccel import HWAccel
+
+    return HWAccel(device_type="cuda", allow_software_fallback=True)
+
+
+def resolve_decode_device(name: str) -> str:
+    """ "auto" -> "cuda" when this process sees a CUDA GPU and PyAV's FFmpeg has CUDA hardware
+    decoding, else "cpu"; "cuda" without them is a DecodeDeviceError that says what is missing."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise DecodeDeviceError(f"decode_device is auto, cpu or cuda, not {name!r}")
+    if name == "cpu":
+        return "cpu"
+    from av.codec.hwaccel import hwdevices_available
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("this process sees no CUDA GPU")
+    if "cuda" not in hwdevices_available():
+        missing.append("PyAV's FFmpeg was built without CUDA hardware decoding")
+    if not missing:
+        return "cuda"
+    if name == "cuda":
+        raise DecodeDeviceError(f"decode_device=cuda, but {' and '.join(missing)}")
+    return "cpu"
 
 
 def probe(source: Source, limits: DecodeLimits = DecodeLimits()) -> VideoInfo:

@@ -13,6 +13,7 @@ Every index returned is a frame ordinal in [0, video_frames).
 
 from __future__ import annotations
 
+import bisect
 import random
 from dataclasses import dataclass
 from typing import Literal
@@ -107,6 +108,27 @@ def keyframe_clip(key_frame: int, video_frames: int, num_frames: int, interval: 
         raise ValueError(f"key frame {key_frame} is outside the video's {video_frames} frames")
     first = key_frame - (num_frames // 2) * interval
     return [min(max(first + j * interval, 0), video_frames - 1) for j in range(num_frames)]
+
+
+def snap_to_keyframes(plan: list[list[int]], keyframes: list[int]) -> list[list[int]]:
+    """The fast, lossy plan: each ordinal moved to the nearest keyframe when one lies less than
+    half the gap to its clip's neighbouring frames away, so a decoder that seeks there decodes
+    that one frame instead of everything since the previous keyframe. Frames with no keyframe
+    that close stay where they are (a video with one keyframe is sampled exactly)."""
+    if not keyframes:
+        return [list(clip) for clip in plan]
+    snapped = []
+    for clip in plan:
+        gaps = [b - a for a, b in zip(clip, clip[1:], strict=False) if b > a]
+        gap = min(gaps, default=1)
+        row = []
+        for i in clip:
+            k = bisect.bisect_left(keyframes, i)
+            near = min(keyframes[max(k - 1, 0) : k + 1], key=lambda f: abs(f - i))
+            # Under half a gap away: two frames of a clip never land on the same keyframe.
+            row.append(near if 2 * abs(near - i) < gap else i)
+        snapped.append(row)
+    return snapped
 
 
 @dataclass(frozen=True)

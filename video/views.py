@@ -9,6 +9,7 @@ scores.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ import torchvision.transforms.v2.functional as TF
 
 from model.backbone import OPENAI_MEAN, OPENAI_STD
 from video.decode import DecodeLimits, Source, VideoInfo, VideoReader
-from video.sampling import SamplingSpec, keyframe_clip
+from video.sampling import SamplingSpec, keyframe_clip, snap_to_keyframes
 
 
 def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -135,11 +136,19 @@ def make_views(clips: Sequence[torch.Tensor], spec: ViewSpec) -> torch.Tensor:
     lengths = {clip.shape[0] for clip in clips}
     if len(lengths) != 1:
         raise ValueError(f"clips must have the same number of frames, got {sorted(lengths)}")
+    return views_from_clips(
+        torch.stack([resize_short_side(c, spec.image_size) for c in clips]), spec
+    )
+
+
+def views_from_clips(clips: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    """(C, T, 3, H, W) uint8 clips whose short side is already spec.image_size -> the
+    (V, 3, T, S, S) float32 views of make_views, on the clips' device. The service's model
+    replica runs this, so only uint8 frames travel and normalising runs on the GPU."""
     views = []
     for clip in clips:
-        # Resize and crop in uint8, then normalise only the pixels that are kept.
-        resized = resize_short_side(clip, spec.image_size)
-        for crop in spatial_crops(resized, spec.image_size, spec.spatial_crops):
+        # Crop in uint8, then normalise only the pixels that are kept.
+        for crop in spatial_crops(clip, spec.image_size, spec.spatial_crops):
             views.append(normalize(crop, spec.mean, spec.std).permute(1, 0, 2, 3))
     return torch.stack(views)
 
@@ -154,17 +163,57 @@ def detection_view(
     return normalize(resized, mean, std).permute(1, 0, 2, 3)
 
 
+@dataclass(frozen=True)
+class DecodedClips:
+    """What decoding a video for the model gives: uint8 clips and what it cost."""
+
+    clips: torch.Tensor  # (C, T, 3, H, W) uint8, channels-last in memory
+    info: VideoInfo
+    frames_decoded: int  # what the decoder produced (frames skipped undecoded not counted)
+    hardware: bool  # decoded by NVDEC
+    times: list[float] | None = None  # key-frame clips: the time of each
+
+
+SAMPLING_MODES = ("exact", "fast")
+
+
+def decode_clips(
+    source: Source,
+    spec: ViewSpec,
+    limits: DecodeLimits = DecodeLimits(),
+    device: str = "cpu",
+    sampling: str = "exact",
+) -> DecodedClips:
+    """The test-time clips of a video, short side resized to the view size, as uint8: what
+    views_from_clips turns into the model's views. One decoding pass, each frame converted and
+    resized as it comes out of the decoder, so no full-size frame is kept.
+
+    sampling="fast" moves each frame to a keyframe at most half a frame gap away when there is
+    one (see snap_to_keyframes): fewer frames to decode, at some cost in accuracy.
+    """
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"sampling is {' or '.join(SAMPLING_MODES)}, not {sampling!r}")
+    with VideoReader(source, limits, device) as reader:
+        plan = spec.sampling.plan(reader.info.num_frames, train=False)
+        if sampling == "fast":
+            plan = snap_to_keyframes(plan, reader.keyframes)
+        resize = functools.partial(resize_short_side, size=spec.image_size)
+        frames = reader.read([i for clip in plan for i in clip], transform=resize)
+    return DecodedClips(
+        frames.unflatten(0, (len(plan), len(plan[0]))),
+        reader.info,
+        reader.frames_decoded,
+        reader.hardware,
+    )
+
+
 def load_views(
     source: Source, spec: ViewSpec, limits: DecodeLimits = DecodeLimits()
 ) -> tuple[torch.Tensor, VideoInfo]:
     """Test-time views of a video, (V, 3, T, S, S) float32, and its VideoInfo. Decodes the
     frames of all clips in one pass: each frame once, however many clips share it."""
-    with VideoReader(source, limits) as reader:
-        plan = spec.sampling.plan(reader.info.num_frames, train=False)
-        frames = reader.read([i for clip in plan for i in clip])
-        info = reader.info
-    clips = frames.split([len(clip) for clip in plan])
-    return make_views(clips, spec), info
+    decoded = decode_clips(source, spec, limits)
+    return views_from_clips(decoded.clips, spec), decoded.info
 
 
 class TimestampError(ValueError):
@@ -186,10 +235,29 @@ def load_keyframe_clips(
     max_keyframes: int | None = None,
 ) -> tuple[torch.Tensor, list[float], VideoInfo]:
     """Detection inputs: for each key-frame time (seconds; default 1 Hz), the clip centred on
-    it as (K, 3, T, S, S) float32 (detection_view), the times used and the VideoInfo. One
-    decoding pass; a frame shared by clips is decoded once. More than `max_keyframes` times
-    (a long video's 1 Hz default) is refused before any frame is decoded."""
-    with VideoReader(source, limits) as reader:
+    it as (K, 3, T, S, S) float32 (detection_view), the times used and the VideoInfo."""
+    decoded = decode_keyframe_clips(source, spec, timestamps, limits, max_keyframes)
+    return detection_views(decoded.clips, spec), decoded.times, decoded.info
+
+
+def detection_views(clips: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    """(K, T, 3, S, S) uint8 key-frame clips -> (K, 3, T, S, S) float32, on their device."""
+    return normalize(clips, spec.mean, spec.std).permute(0, 2, 1, 3, 4)
+
+
+def decode_keyframe_clips(
+    source: Source,
+    spec: ViewSpec,
+    timestamps: Sequence[float] | None = None,
+    limits: DecodeLimits = DecodeLimits(),
+    max_keyframes: int | None = None,
+    device: str = "cpu",
+) -> DecodedClips:
+    """For each key-frame time (seconds; default 1 Hz), the clip centred on it, each whole
+    frame resized to S x S as detection_view does, as uint8 (K, T, 3, S, S), with the times.
+    One decoding pass; a frame shared by clips is decoded once. More than `max_keyframes`
+    times (a long video's 1 Hz default) is refused before any frame is decoded."""
+    with VideoReader(source, limits, device) as reader:
         info = reader.info
         times = list(timestamps) if timestamps is not None else default_keyframes(info.duration_s)
         if not times:
@@ -209,7 +277,13 @@ def load_keyframe_clips(
             centre = min(round(t * info.fps), info.num_frames - 1)
             s = spec.sampling
             plan.append(keyframe_clip(centre, info.num_frames, s.num_frames, s.interval))
-        frames = reader.read([i for clip in plan for i in clip])
-    clips = frames.split([len(clip) for clip in plan])
-    views = [detection_view(c, spec.image_size, spec.mean, spec.std) for c in clips]
-    return torch.stack(views), times, info
+        size = [spec.image_size, spec.image_size]
+        resize = functools.partial(TF.resize, size=size, antialias=True)
+        frames = reader.read([i for clip in plan for i in clip], transform=resize)
+    return DecodedClips(
+        frames.unflatten(0, (len(plan), len(plan[0]))),
+        info,
+        reader.frames_decoded,
+        reader.hardware,
+        times,
+    )
