@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from typing import Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -87,13 +88,19 @@ def create_app() -> FastAPI:
         top_k: int = Query(5, ge=1, description="labels to return"),
         temporal_clips: int | None = Query(None, ge=1, description="default: the model's"),
         spatial_crops: int | None = Query(None, description="1 or 3; default: the model's"),
+        sampling: Literal["exact", "fast"] = Query(
+            "exact",
+            description="exact: the frames the model was evaluated with. fast: each frame "
+            "moved to a keyframe less than half a frame gap away where the video has one, so "
+            "less is decoded; lossy, see benchmarks/README.md",
+        ),
     ) -> dict:
         """Action labels for one uploaded video (multipart field `file`, or a raw video body)."""
         start = time.perf_counter()
         authorize(request)
         svc = service(request)
         svc.require_task("classify")
-        params = svc.check_params(ClassifyParams(top_k, temporal_clips, spatial_crops))
+        params = svc.check_params(ClassifyParams(top_k, temporal_clips, spatial_crops, sampling))
         async with svc.admission():
             body, _ = await read_upload(request, svc.settings.max_upload_bytes)
             return await svc.classify(body, params, start)

@@ -1,12 +1,19 @@
 """Ray Serve deployments: thin wrappers around service/ plain code.
 
-    Ingress (FastAPI, CPU)  --DeploymentHandle-->  Model (merged checkpoint, GPU when present)
+    Ingress (FastAPI)  --bytes-->  Decoder (CPU cores, or NVDEC)  --uint8 clips-->  Model (GPU)
+           ^------------------------- answer + stats -----------------------------------'
 
-The ingress decodes uploads in a bounded thread pool and sends the views; the model replica
-batches views from all requests with `@serve.batch` (a request with 3 views adds 3) and returns
-each view's probabilities. /detect goes the same way with key-frame clips (and any boxes the
-request sent) batched by `detect_clips`. `build_app` is the import path of the Serve config file
-(deploy/serve.yaml); `zeroi2v serve` runs the same application on a local Ray instance.
+The ingress admits a request and hands its bytes to a decode replica; the decode replica's
+answer (a DeploymentResponse) is passed straight on to the model, so the frames go from the
+decode replica to the model replica without passing through the ingress. The model replica
+crops and normalises on its device and batches views from all requests with `@serve.batch` (a
+request with 3 views adds 3), then answers the ingress with the probabilities and the decode
+stats. /detect goes the same way with key-frame clips (and any boxes the request sent).
+
+Placement comes from the settings (GPUs and CPUs per replica, replica counts; the Serve
+config's `deployments:` section can override them), never from what the node building the app
+happens to have. `build_app` is the import path of the Serve config file (deploy/serve.yaml);
+`zeroi2v serve` runs the same application on a local Ray instance (service/server.py).
 """
 
 from __future__ import annotations
@@ -22,10 +29,30 @@ from ray.serve.handle import DeploymentHandle
 
 from model.checkpoint import CheckpointInfo
 from service.app import create_app
+from service.decoding import Decoded, Decoder
 from service.metrics import IngressMetrics, ModelMetrics
 from service.model_runner import ModelRunner
 from service.settings import ServiceSettings
-from service.video_service import DetectInference, Inference, VideoService
+from service.video_service import DetectInference, Inference, VideoService, boxes_per_clip
+from video.views import ViewSpec
+
+
+@serve.deployment(name="Decoder", max_ongoing_requests=4)
+class DecodeDeployment:
+    def __init__(self, settings: dict):
+        s = ServiceSettings.model_validate(settings)
+        torch.set_num_threads(1)  # resizing runs per frame inside each decode worker
+        self.decoder = Decoder(s, name=serve.get_replica_context().replica_id.unique_id)
+        logging.getLogger("ray.serve").info(
+            "decoder %s: %d worker(s), device %s", self.decoder.name, s.decode_workers,
+            self.decoder.device,
+        )  # fmt: skip
+
+    async def clips(self, data: bytes, spec: ViewSpec, sampling: str) -> Decoded:
+        return await self.decoder.clips(data, spec, sampling)
+
+    async def keyframe_clips(self, data: bytes, spec: ViewSpec, times: list | None) -> Decoded:
+        return await self.decoder.keyframe_clips(data, spec, times)
 
 
 @serve.deployment(name="Model", max_ongoing_requests=64)
@@ -69,26 +96,31 @@ class ModelDeployment:
         seconds = time.perf_counter() - start
         return [(f, seconds, len(items)) for f in found]
 
-    async def detect(self, clips: torch.Tensor, boxes: list) -> DetectInference:
+    async def detect(self, decoded: Decoded, spec: ViewSpec, boxes: dict) -> DetectInference:
+        clips = self.runner.keyframe_inputs(decoded.clips, spec)
+        given = boxes_per_clip(decoded.times, boxes)
         self.waiting += len(clips)
         self.metrics.queue_depth.set(self.waiting)
         results = await asyncio.gather(
-            *(self.detect_clips((c, b)) for c, b in zip(clips.unbind(0), boxes, strict=True))
+            *(self.detect_clips((c, b)) for c, b in zip(clips, given, strict=True))
         )
         return DetectInference(
             actors=[r[0] for r in results],
             inference_ms=max(r[1] for r in results) * 1e3,
             batch_size=max(r[2] for r in results),
+            decoded=decoded.stats(),
         )
 
-    async def infer(self, views: torch.Tensor) -> Inference:
+    async def classify(self, decoded: Decoded, spec: ViewSpec) -> Inference:
+        views = self.runner.views(decoded.clips, spec)
         self.waiting += len(views)
         self.metrics.queue_depth.set(self.waiting)
-        results = await asyncio.gather(*(self.infer_views(v) for v in views.unbind(0)))
+        results = await asyncio.gather(*(self.infer_views(v) for v in views))
         return Inference(
             probabilities=torch.stack([r[0] for r in results]).mean(0),
             inference_ms=max(r[1] for r in results) * 1e3,
             batch_size=max(r[2] for r in results),
+            decoded=decoded.stats(),
         )
 
     def ready(self) -> bool:
@@ -101,19 +133,26 @@ class ModelDeployment:
         return self.runner.info
 
 
-class RayModelBackend:
-    """The ingress's view of the model deployment."""
+class RayBackend:
+    """The ingress's view of the decode and model deployments."""
 
-    def __init__(self, handle: DeploymentHandle):
-        self.handle = handle
+    def __init__(self, decoder: DeploymentHandle, model: DeploymentHandle):
+        self.decoder = decoder
+        self.model = model
         self._card: dict | None = None
         self._ready = False
 
-    async def infer(self, views: torch.Tensor) -> Inference:
-        return await self.handle.infer.remote(views)
+    async def classify(self, data: bytes, spec: ViewSpec, sampling: str) -> Inference:
+        # The decode replica's response goes to the model unresolved: Ray moves the frames
+        # from one replica to the other, and a decode error surfaces here.
+        decoded = self.decoder.clips.remote(data, spec, sampling)
+        return await self.model.classify.remote(decoded, spec)
 
-    async def detect(self, clips: torch.Tensor, boxes: list) -> DetectInference:
-        return await self.handle.detect.remote(clips, boxes)
+    async def detect(
+        self, data: bytes, spec: ViewSpec, times: list[float] | None, boxes: dict
+    ) -> DetectInference:
+        decoded = self.decoder.keyframe_clips.remote(data, spec, times)
+        return await self.model.detect.remote(decoded, spec, boxes)
 
     async def ready(self) -> bool:
         # Once warmed up, stay ready: a replica busy with a long CPU batch would otherwise
@@ -121,26 +160,25 @@ class RayModelBackend:
         # health checks restart a replica that dies.
         if not self._ready:
             try:
-                self._ready = await asyncio.wait_for(self.handle.ready.remote(), timeout=5)
+                self._ready = await asyncio.wait_for(self.model.ready.remote(), timeout=5)
             except Exception:  # a replica that is starting or gone is simply not ready
                 return False
         return self._ready
 
     async def model_card(self) -> dict:
         if self._card is None:
-            self._card = await self.handle.card.remote()
+            self._card = await self.model.card.remote()
         return self._card
 
 
-@serve.deployment(name="Ingress", max_ongoing_requests=64)
+@serve.deployment(name="Ingress", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class Ingress:
-    async def __init__(self, model: DeploymentHandle, settings: dict):
+    async def __init__(self, decoder: DeploymentHandle, model: DeploymentHandle, settings: dict):
         s = ServiceSettings.model_validate(settings)
-        backend = RayModelBackend(model)
         # Class names and preprocessing come from the model replica: only it reads the file.
         info = await model.checkpoint_info.remote()
-        self.service = VideoService(s, info, backend, IngressMetrics())
+        self.service = VideoService(s, info, RayBackend(decoder, model), IngressMetrics())
 
     def __serve_build_asgi_app__(self):
         # Built per replica, after __init__, so the app holds this replica's service.
@@ -150,10 +188,32 @@ class Ingress:
 
 
 def build_app(args: dict) -> serve.Application:
-    """The application, from Serve config `args` (any ServiceSettings field) and ZEROI2V_* env."""
-    settings = ServiceSettings.from_env(**args)
-    gpus = 1 if settings.device in ("auto", "cuda") and torch.cuda.is_available() else 0
-    model = ModelDeployment.options(ray_actor_options={"num_gpus": gpus, "num_cpus": 1}).bind(
-        settings.model_dump()
-    )
-    return Ingress.bind(model, settings.model_dump())
+    """The application, from Serve config `args` (any ServiceSettings field) and ZEROI2V_* env.
+
+    Resources per replica come from the settings alone: a head node without a GPU builds an
+    app whose model replicas still ask Ray for one (model_gpus), and Ray places them on the
+    nodes that have it."""
+    s = ServiceSettings.from_env(**args)
+    settings = s.model_dump()
+    if s.decode_max_replicas is None:
+        scale = {"num_replicas": s.decode_replicas}
+    else:
+        scale = {
+            "autoscaling_config": {
+                "min_replicas": s.decode_replicas,
+                "max_replicas": s.decode_max_replicas,
+                "target_ongoing_requests": s.decode_workers,
+            }
+        }
+    decoder = DecodeDeployment.options(
+        **scale,
+        # A request waiting for a worker is queued in the replica, not held by the router:
+        # room for one more per worker, so a freed worker starts at once.
+        max_ongoing_requests=2 * s.decode_workers,
+        ray_actor_options={"num_cpus": s.decode_cpus, "num_gpus": s.decode_gpus},
+    ).bind(settings)
+    model = ModelDeployment.options(
+        num_replicas=s.model_replicas,
+        ray_actor_options={"num_gpus": s.model_gpus, "num_cpus": s.model_cpus},
+    ).bind(settings)
+    return Ingress.bind(decoder, model, settings)

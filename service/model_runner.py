@@ -22,6 +22,7 @@ from model import load_merged, read_info
 from model.detection import ActorDetections
 from model.flops import model_macs
 from model.precision import inference_dtype
+from video.views import ViewSpec, detection_views, views_from_clips
 
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 
@@ -114,15 +115,26 @@ class ModelRunner:
         boxes (K, 4) normalised, or None for the localiser's."""
         found = []
         for start, end, padded in self._chunks(len(items)):
-            clips = torch.stack([clip for clip, _ in items[start:end]])
+            clips = torch.stack([clip for clip, _ in items[start:end]]).to(self.device)
             # Padding clips get no boxes (not None, which would ask the localiser for actors).
             padding = [torch.zeros(0, 4)] * (padded - (end - start))
             boxes = [b for _, b in items[start:end]] + padding
             found += self.model.detect(
-                self._pad(clips.to(self.device, non_blocking=True), padded), boxes,
+                self._pad(clips, padded), boxes,
                 threshold=self.MIN_BOX_SCORE, max_actors=self.MAX_ACTORS,
             )[: end - start]  # fmt: skip
         return found
+
+    def views(self, clips: torch.Tensor, spec: ViewSpec) -> list[torch.Tensor]:
+        """A request's uint8 clips (C, T, 3, H, W), short side at the view size, as its
+        normalised views (3, T, S, S) on the model's device: only uint8 crosses to the device,
+        and cropping and normalising run there."""
+        return list(views_from_clips(clips.to(self.device, non_blocking=True), spec).unbind(0))
+
+    def keyframe_inputs(self, clips: torch.Tensor, spec: ViewSpec) -> list[torch.Tensor]:
+        """A request's uint8 key-frame clips (K, T, 3, S, S) as detection inputs (3, T, S, S)
+        on the model's device."""
+        return list(detection_views(clips.to(self.device, non_blocking=True), spec).unbind(0))
 
     def probabilities(self, views: torch.Tensor) -> torch.Tensor:
         """One video's views (V, 3, T, S, S) -> (num_classes,), softmax averaged over views."""

@@ -21,7 +21,7 @@ def start(args: dict, host: str = "127.0.0.1", port: int = 8000, metrics_port: i
 
     from service.deployments import build_app
 
-    app = build_app(args)  # validates the settings before anything starts
+    app = build_app(local_defaults(args))  # validates the settings before anything starts
     # Serve replaces a proxy that misses 3 health checks of 10 s (ready check: 5 s). On a CPU
     # host busy with decoding and a CPU model, a healthy proxy can be that slow to answer, and
     # the restart then fails requests in flight. The processes Ray starts inherit these.
@@ -36,6 +36,24 @@ def start(args: dict, host: str = "127.0.0.1", port: int = 8000, metrics_port: i
     )
     serve.start(http_options={"host": host, "port": port})
     serve.run(app, name="zeroi2v", route_prefix="/")
+
+
+def local_defaults(args: dict) -> dict:
+    """Placement for one machine, where the settings (or ZEROI2V_* variables) leave it open:
+    a decode replica per core, the model on this machine's GPU if it has one. Ray counts
+    neither the model replica nor the ingress against the cores: the model's threads
+    (torch_threads) and the decoders share them as the OS schedules."""
+    import os
+
+    import torch
+
+    local = {
+        "decode_replicas": os.cpu_count() or 1,
+        "model_gpus": 1 if torch.cuda.is_available() else 0,
+        "model_cpus": 0,
+    }
+    unset = {k: v for k, v in local.items() if f"ZEROI2V_{k.upper()}" not in os.environ}
+    return {**unset, **{k: v for k, v in args.items() if v is not None}}
 
 
 def stop() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ServiceSettings(BaseModel):
@@ -31,7 +31,22 @@ class ServiceSettings(BaseModel):
     max_video_seconds: float = Field(600.0, gt=0)
     max_video_side: int = Field(3840, ge=16)
     decode_timeout_s: float = Field(30.0, gt=0)
-    decode_workers: int = Field(2, ge=1)
+    # Decoding runs in its own deployment (service/decoding.py). Each replica decodes
+    # `decode_workers` videos at once, one core each; `decode_cpus` is what Ray reserves per
+    # replica. With decode_max_replicas, Serve autoscales between decode_replicas and it on
+    # the decode queue (target: decode_workers requests per replica).
+    decode_workers: int = Field(1, ge=1)
+    decode_replicas: int = Field(1, ge=1)
+    decode_max_replicas: int | None = Field(None, ge=1)
+    decode_cpus: float = Field(1.0, ge=0)
+    # NVDEC: auto decodes on a GPU when the decode replica has one (decode_gpus > 0: a share
+    # of a GPU per replica, e.g. 0.25), cuda insists (a replica without a GPU fails at start).
+    decode_device: Literal["auto", "cpu", "cuda"] = "auto"
+    decode_gpus: float = Field(0.0, ge=0)
+    # The model replicas: Ray places each on a node with these free, whatever the head has.
+    model_replicas: int = Field(1, ge=1)
+    model_gpus: float = Field(1.0, ge=0)
+    model_cpus: float = Field(1.0, ge=0)
     # Requests admitted at once by an ingress replica (decoding + queued + in inference);
     # one more is answered 503 with Retry-After, so memory stays bounded under any load.
     max_pending_requests: int = Field(16, ge=1)
@@ -45,6 +60,15 @@ class ServiceSettings(BaseModel):
     max_keyframes: int = Field(32, ge=1)
     max_boxes: int = Field(32, ge=1)
     api_key: str | None = None
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> ServiceSettings:
+        if self.decode_max_replicas is not None and self.decode_max_replicas < self.decode_replicas:
+            raise ValueError(
+                f"decode_max_replicas ({self.decode_max_replicas}) is below decode_replicas "
+                f"({self.decode_replicas})"
+            )
+        return self
 
     @classmethod
     def from_env(cls, **overrides) -> ServiceSettings:

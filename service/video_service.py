@@ -1,20 +1,17 @@
-"""What the ingress does per request, as plain async code: admit, decode, infer, answer.
+"""What the ingress does per request, as plain async code: admit, check, hand over, answer.
 
-Decoding is CPU work (PyAV and torch release the GIL), so it runs in a bounded thread pool and
-never blocks the event loop; the model runs elsewhere (the batched model deployment, reached
-through `backend`). Admission is bounded too: past `max_pending_requests` a request is
-answered 503 at once instead of queueing without limit.
+The ingress never decodes: it admits the request (past `max_pending_requests` it answers 503 at
+once instead of queueing without limit), checks its parameters, and hands the bytes to the
+backend, which decodes them (the decode replicas) and runs the model (the batched model replica).
+A decode error comes back as the decoder raised it and becomes a 4xx problem here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import io
 import json
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,9 +21,10 @@ import torch
 from model.checkpoint import CheckpointInfo
 from model.detection import ActorDetections
 from service import problems
+from service.decoding import Decoded
 from service.settings import ServiceSettings
-from video.decode import DecodeLimits, DecodeTimeout, VideoError, VideoTooLarge
-from video.views import TimestampError, ViewSpec, load_keyframe_clips, load_views
+from video.decode import DecodeTimeout, VideoError, VideoTooLarge
+from video.views import SAMPLING_MODES, TimestampError, ViewSpec
 
 
 @dataclass(frozen=True)
@@ -34,6 +32,7 @@ class ClassifyParams:
     top_k: int = 5
     temporal_clips: int | None = None
     spatial_crops: int | None = None
+    sampling: str = "exact"  # or "fast": frames moved to nearby keyframes (lossy)
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,7 @@ class Inference:
     probabilities: torch.Tensor  # (num_classes,)
     inference_ms: float  # the model batch(es) this request's views ran in
     batch_size: int  # views in the largest batch this request's views ran in
+    decoded: Decoded  # what decoding cost (its stats, without the frames)
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,29 @@ class DetectInference:
     actors: list[ActorDetections]
     inference_ms: float
     batch_size: int  # key-frame clips in the largest batch this request's clips ran in
+    decoded: Decoded  # with the key-frame times
 
 
-class ModelBackend(Protocol):
-    async def infer(self, views: torch.Tensor) -> Inference: ...
+class Backend(Protocol):
+    """Decoding and the model, however they are deployed (Ray replicas, or in-process)."""
+
+    async def classify(self, data: bytes, spec: ViewSpec, sampling: str) -> Inference: ...
     async def detect(
-        self, clips: torch.Tensor, boxes: list[torch.Tensor | None]
+        self,
+        data: bytes,
+        spec: ViewSpec,
+        times: list[float] | None,
+        boxes: dict[float, list[list[float]]],
     ) -> DetectInference: ...
     async def ready(self) -> bool: ...
     async def model_card(self) -> dict: ...
+
+
+def boxes_per_clip(
+    times: list[float], boxes: dict[float, list[list[float]]]
+) -> list[torch.Tensor | None]:
+    """The boxes a request gave for each key-frame clip, None where the localiser finds them."""
+    return [torch.tensor(boxes[t]).view(-1, 4) if t in boxes else None for t in times]
 
 
 class Metrics(Protocol):
@@ -77,12 +91,30 @@ class Metrics(Protocol):
     def set_in_flight(self, count: int) -> None: ...
 
 
+@contextlib.contextmanager
+def decode_problems():
+    """Decode errors as 4xx problems, with the decoder's own message (a Ray task error wraps
+    the original exception as `cause`, and is an instance of its class)."""
+    try:
+        yield
+    except (VideoError, TimestampError) as e:
+        cause = getattr(e, "cause", None)
+        message = str(cause if isinstance(cause, BaseException) else e)
+        if isinstance(e, VideoTooLarge):
+            raise problems.Problem(413, "Video too large", message) from None
+        if isinstance(e, DecodeTimeout):
+            raise problems.Problem(422, "Video too slow to decode", message) from None
+        if isinstance(e, TimestampError):
+            raise problems.bad_parameters(f"timestamps: {message}") from None
+        raise problems.unsupported(message) from None
+
+
 class VideoService:
     def __init__(
         self,
         settings: ServiceSettings,
         info: CheckpointInfo,
-        backend: ModelBackend,
+        backend: Backend,
         metrics: Metrics | None = None,
     ):
         self.settings = settings
@@ -90,15 +122,6 @@ class VideoService:
         self.backend = backend
         self.metrics = metrics
         self.spec = ViewSpec.from_preprocess(info.preprocess)
-        self.limits = DecodeLimits(
-            max_width=settings.max_video_side,
-            max_height=settings.max_video_side,
-            max_pixels=settings.max_video_side**2,
-            max_duration_s=settings.max_video_seconds,
-            timeout_s=settings.decode_timeout_s,
-            threads=1,  # parallelism comes from the pool: one request, one core
-        )
-        self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
         self.pending = 0
 
     @contextlib.asynccontextmanager
@@ -136,6 +159,8 @@ class VideoService:
         s = self.settings
         if params.top_k > s.max_top_k:
             raise problems.bad_parameters(f"top_k: at most {s.max_top_k}")
+        if params.sampling not in SAMPLING_MODES:
+            raise problems.bad_parameters(f"sampling: {' or '.join(SAMPLING_MODES)}")
         if params.spatial_crops not in (None, 1, 3):
             raise problems.bad_parameters("spatial_crops: 1 (centre) or 3 (three crops)")
         spec = self.view_spec(params)
@@ -148,33 +173,12 @@ class VideoService:
     def view_spec(self, params: ClassifyParams) -> ViewSpec:
         return self.spec.with_views(params.temporal_clips, params.spatial_crops)
 
-    async def decode(self, data: bytes, spec: ViewSpec) -> torch.Tensor:
-        views, _ = await self._decode(load_views, io.BytesIO(data), spec, self.limits)
-        return views
-
-    async def _decode(self, fn, *args):
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self.pool, fn, *args)
-        except VideoTooLarge as e:
-            raise problems.Problem(413, "Video too large", str(e)) from e
-        except DecodeTimeout as e:
-            raise problems.Problem(422, "Video too slow to decode", str(e)) from e
-        except VideoError as e:
-            raise problems.unsupported(str(e)) from e
-        except TimestampError as e:
-            raise problems.bad_parameters(f"timestamps: {e}") from e
-
     async def classify(self, data: bytes, params: ClassifyParams, start: float) -> dict:
         spec = self.view_spec(params)
         t0 = time.perf_counter()
-        views = await self.decode(data, spec)
-        decode_s = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        result = await self.backend.infer(views)
-        # Queue: the round trip to the model minus the model's own time (waiting for a batch,
-        # transport), measured here since the model replica blocks while it computes.
-        queue_ms = max(0.0, (time.perf_counter() - t1) * 1e3 - result.inference_ms)
+        with decode_problems():
+            result = await self.backend.classify(data, spec, params.sampling)
+        round_trip_ms = (time.perf_counter() - t0) * 1e3
         scores, indices = result.probabilities.topk(min(params.top_k, len(self.info.class_names)))
         return {
             "labels": [
@@ -186,10 +190,12 @@ class VideoService:
                 "spatial_crops": spec.spatial_crops,
                 "frames_per_clip": spec.sampling.num_frames,
                 "image_size": spec.image_size,
+                "sampling": params.sampling,
             },
             "model": self.model_id,
             "batch_size": result.batch_size,
-            "timings": self.timings(start, decode_s, queue_ms, result.inference_ms),
+            "decoder": decoder_card(result.decoded),
+            "timings": self.timings(start, round_trip_ms, result.decoded, result.inference_ms),
         }
 
     def check_detect_params(self, params: DetectParams) -> DetectParams:
@@ -227,16 +233,12 @@ class VideoService:
 
     async def detect(self, data: bytes, params: DetectParams, start: float) -> dict:
         t0 = time.perf_counter()
-        clips, times, _ = await self._decode(
-            load_keyframe_clips, io.BytesIO(data), self.spec, self.keyframe_times(params),
-            self.limits, self.settings.max_keyframes,
-        )  # fmt: skip
-        decode_s = time.perf_counter() - t0
         given = params.boxes or {}
-        boxes = [torch.tensor(given[t]).view(-1, 4) if t in given else None for t in times]
-        t1 = time.perf_counter()
-        result = await self.backend.detect(clips, boxes)
-        queue_ms = max(0.0, (time.perf_counter() - t1) * 1e3 - result.inference_ms)
+        with decode_problems():
+            result = await self.backend.detect(data, self.spec, self.keyframe_times(params), given)
+        round_trip_ms = (time.perf_counter() - t0) * 1e3
+        times = result.decoded.times
+        boxes = boxes_per_clip(times, given)
         names = self.info.class_names
         keyframes = []
         for t, given_boxes, found in zip(times, boxes, result.actors, strict=True):
@@ -270,21 +272,30 @@ class VideoService:
             },
             "model": self.model_id,
             "batch_size": result.batch_size,
-            "timings": self.timings(start, decode_s, queue_ms, result.inference_ms),
+            "decoder": decoder_card(result.decoded),
+            "timings": self.timings(start, round_trip_ms, result.decoded, result.inference_ms),
         }
 
-    def timings(self, start: float, decode_s: float, queue_ms: float, inference_ms: float) -> dict:
+    def timings(
+        self, start: float, round_trip_ms: float, decoded: Decoded, inference_ms: float
+    ) -> dict:
         """A response's `timings`, each stage also recorded in the latency metrics (the total
-        is recorded by the app's middleware)."""
+        is recorded by the app's middleware). queue_ms is the rest of the round trip to the
+        decoder and the model: routing, transport, waiting for a model batch."""
+        queue_ms = max(0.0, round_trip_ms - decoded.decode_ms - decoded.wait_ms - inference_ms)
         if self.metrics:
-            self.metrics.observe_stage("decode", decode_s)
+            self.metrics.observe_stage("decode", decoded.decode_ms / 1e3)
+            self.metrics.observe_stage("decode_wait", decoded.wait_ms / 1e3)
             self.metrics.observe_stage("queue", queue_ms / 1e3)
             self.metrics.observe_stage("inference", inference_ms / 1e3)
         return {
-            "decode_ms": round(decode_s * 1e3, 2),
+            "decode_ms": round(decoded.decode_ms, 2),
+            "decode_wait_ms": round(decoded.wait_ms, 2),
             "queue_ms": round(queue_ms, 2),
             "inference_ms": round(inference_ms, 2),
             "total_ms": round((time.perf_counter() - start) * 1e3, 2),
+            "frames_decoded": decoded.frames_decoded,
+            "frames_used": decoded.frames_used,
         }
 
     @property
@@ -299,6 +310,10 @@ class VideoService:
 
     async def model_card(self) -> dict:
         return {"id": self.model_id, **(await self.backend.model_card())}
+
+
+def decoder_card(decoded: Decoded) -> dict:
+    return {"replica": decoded.decoder, "device": "cuda" if decoded.hardware else "cpu"}
 
 
 def check_box(t: float, box) -> None:

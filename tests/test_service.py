@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 
 from model import read_info
 from service.app import create_app
+from service.decoding import Decoder
 from service.model_runner import ModelRunner
 from service.settings import ServiceSettings
-from service.video_service import DetectInference, Inference, VideoService
+from service.video_service import DetectInference, Inference, VideoService, boxes_per_clip
 from training.export import export_merged
 from video.packaged import packaged_clip
 
@@ -31,21 +32,30 @@ def merged_model(trained_run, tmp_path_factory) -> Path:
 
 
 class DirectBackend:
-    """The model runner called in-process: what the Ray model deployment does, minus batching."""
+    """Decoding and the model in-process: what the Ray deployments do, minus batching."""
 
-    def __init__(self, runner: ModelRunner, delay_s: float = 0.0):
+    def __init__(self, runner: ModelRunner, settings: ServiceSettings, delay_s: float = 0.0):
         self.runner, self.delay_s = runner, delay_s
+        self.decoder = Decoder(settings)
 
-    async def infer(self, views: torch.Tensor) -> Inference:
+    async def classify(self, data: bytes, spec, sampling: str) -> Inference:
+        decoded = await self.decoder.clips(data, spec, sampling)
         await asyncio.sleep(self.delay_s)
         start = time.perf_counter()
-        probs = self.runner.probabilities(views)
-        return Inference(probs, (time.perf_counter() - start) * 1e3, len(views))
+        views = self.runner.views(decoded.clips, spec)
+        probs = torch.stack(self.runner.run(views)).mean(0)
+        ms = (time.perf_counter() - start) * 1e3
+        return Inference(probs, ms, len(views), decoded.stats())
 
-    async def detect(self, clips: torch.Tensor, boxes: list) -> DetectInference:
+    async def detect(self, data: bytes, spec, times, boxes) -> DetectInference:
+        decoded = await self.decoder.keyframe_clips(data, spec, times)
         start = time.perf_counter()
-        found = self.runner.detect(list(zip(clips.unbind(0), boxes, strict=True)))
-        return DetectInference(found, (time.perf_counter() - start) * 1e3, len(clips))
+        clips = self.runner.keyframe_inputs(decoded.clips, spec)
+        found = self.runner.detect(
+            list(zip(clips, boxes_per_clip(decoded.times, boxes), strict=True))
+        )
+        ms = (time.perf_counter() - start) * 1e3
+        return DetectInference(found, ms, len(clips), decoded.stats())
 
     async def ready(self) -> bool:
         return self.runner.warmed_up
@@ -54,12 +64,16 @@ class DirectBackend:
         return self.runner.card()
 
 
+TIMINGS = {"decode_ms", "decode_wait_ms", "queue_ms", "inference_ms", "total_ms", "frames_decoded",
+           "frames_used"}  # fmt: skip
+
+
 def local_client(model: Path, delay_s: float = 0.0, **settings) -> TestClient:
     s = ServiceSettings(model_path=str(model), **settings)
     runner = ModelRunner(str(model), max_batch_size=2)
     runner.warm_up()
     app = create_app()
-    app.state.service = VideoService(s, read_info(model), DirectBackend(runner, delay_s))
+    app.state.service = VideoService(s, read_info(model), DirectBackend(runner, s, delay_s))
     return TestClient(app)
 
 
@@ -70,7 +84,7 @@ def test_classify_without_ray(merged_model, synth_dir):
     assert r.status_code == 200, r.text
     body = r.json()
     assert len(body["labels"]) == 3 and body["views"]["temporal_clips"] == 2
-    assert set(body["timings"]) == {"decode_ms", "queue_ms", "inference_ms", "total_ms"}
+    assert set(body["timings"]) == TIMINGS
     raw = client.post("/classify?top_k=3", content=video, headers={"content-type": "video/mp4"})
     assert raw.json()["labels"] == body["labels"]
 
@@ -142,7 +156,7 @@ def test_api_key(merged_model, synth_dir):
 def test_full_queue_answers_503_with_retry_after(merged_model, synth_dir):
     s = ServiceSettings(model_path=str(merged_model), max_pending_requests=2, retry_after_s=3)
     runner = ModelRunner(str(merged_model))
-    service = VideoService(s, read_info(merged_model), DirectBackend(runner, delay_s=0.5))
+    service = VideoService(s, read_info(merged_model), DirectBackend(runner, s, delay_s=0.5))
     app = create_app()
     app.state.service = service
     video = next((synth_dir / "videos").rglob("*.mp4")).read_bytes()
@@ -199,7 +213,7 @@ def test_detect_with_the_localiser(merged_detector, ava_video):
     scores = [a["score"] for a in actors[0]["actions"]]
     assert scores == sorted(scores, reverse=True)
     assert actors[0]["actions"][0]["score"] <= actors[0]["box_score"]  # box x action
-    assert set(body["timings"]) == {"decode_ms", "queue_ms", "inference_ms", "total_ms"}
+    assert set(body["timings"]) == TIMINGS
     assert body["clip"]["frames_per_clip"] == 4
     # A high box threshold keeps no localiser actor.
     r = client.post("/detect?box_threshold=1", files={"file": ("v.mp4", ava_video, "video/mp4")})
@@ -297,7 +311,7 @@ def ray_service(merged_model):
     http_port, metrics_port = free_port(), free_port()
     start(
         {"model_path": str(merged_model), "max_batch_size": 8, "batch_wait_timeout_s": 0.05,
-         "max_upload_bytes": 2_000_000},
+         "max_upload_bytes": 2_000_000, "decode_replicas": 2, "max_pending_requests": 16},
         host="127.0.0.1", port=http_port, metrics_port=metrics_port,
     )  # fmt: skip
     yield f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics"
@@ -348,10 +362,20 @@ def test_ray_concurrent_requests_batch_and_metrics(ray_service, synth_dir):
     assert [r.status_code for r in responses] == [200] * len(videos)
     # Each request has 2 views: a larger batch holds views of several requests.
     assert max(r.json()["batch_size"] for r in responses) > 2
+    # Decoding ran on both decode replicas, and the frames decoded are reported.
+    assert len({r.json()["decoder"]["replica"] for r in responses}) == 2
+    assert all(r.json()["timings"]["frames_decoded"] >= 1 for r in responses)
     deadline, text = time.time() + 60, ""
     while time.time() < deadline:  # Ray's agent exports metrics every few seconds
         text = httpx.get(metrics_url, timeout=10).text
-        if "ray_zeroi2v_requests_total" in text and "ray_zeroi2v_batch_size_bucket" in text:
+        if all(
+            n in text
+            for n in (
+                "ray_zeroi2v_requests_total",
+                "ray_zeroi2v_batch_size_bucket",
+                "ray_serve_num_http_requests",
+            )
+        ):
             break
         time.sleep(2)
     for name in ("ray_zeroi2v_latency_seconds_bucket", "ray_zeroi2v_batch_size_bucket",
@@ -371,6 +395,27 @@ def test_ray_concurrent_requests_batch_and_metrics(ray_service, synth_dir):
         if line.startswith("ray_zeroi2v_batch_size_count")
     ]
     assert sum(counts) > sum(sizes)  # some batches held more than one view
+
+
+def test_ray_full_queue_answers_503_end_to_end(ray_service):
+    """Past max_pending_requests (16) the ingress answers 503 with Retry-After at once, while
+    the admitted requests go through the decode replicas and the model and succeed."""
+    base, _ = ray_service
+    data = packaged_clip("bikes.mp4").read_bytes()
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=300) as client:
+            return await asyncio.gather(
+                *(client.post(f"{base}/classify?temporal_clips=10&spatial_crops=3", content=data,
+                              headers={"content-type": "video/mp4"}) for _ in range(40))
+            )  # fmt: skip
+
+    responses = asyncio.run(burst())
+    codes = [r.status_code for r in responses]
+    assert set(codes) == {200, 503} and codes.count(200) >= 16, codes
+    rejected = next(r for r in responses if r.status_code == 503)
+    assert rejected.headers["retry-after"] == "1"
+    assert rejected.headers["content-type"] == "application/problem+json"
 
 
 RAY_SERVE_PANELS = (

@@ -1,0 +1,101 @@
+"""The decoding side of the service: uploaded bytes -> uint8 clips, as plain code.
+
+The Ray decode deployment wraps a `Decoder` (service/deployments.py), so decoding scales on its
+own replicas (CPU cores, or NVDEC where a replica has a GPU) apart from the ingress and the
+model. It returns uint8 frames already resized to the model's view size: a quarter of float32's
+bytes through Ray's object store, and the model replica crops and normalises on its device.
+
+Each decode runs in a small thread pool (PyAV and torch release the GIL): `decode_workers`
+videos at once per replica, one decoder thread each. The time a video waits for a worker is
+reported apart from the time it takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+import torch
+
+from service.settings import ServiceSettings
+from video.decode import DecodeLimits, resolve_decode_device
+from video.views import DecodedClips, ViewSpec, decode_clips, decode_keyframe_clips
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded upload on its way to the model: the uint8 clips and what decoding cost."""
+
+    clips: torch.Tensor  # classification (C, T, 3, H, W); detection (K, T, 3, S, S); uint8
+    times: list[float] | None  # detection: the key-frame time of each clip
+    frames_decoded: int
+    frames_used: int  # frames in the clips (a frame shared by two clips counts twice)
+    hardware: bool  # decoded by NVDEC
+    decode_ms: float  # decoding, converting and resizing
+    wait_ms: float  # waiting for a decode worker in the decode replica
+    decoder: str  # which decode replica
+
+    def stats(self) -> Decoded:
+        """The same without the frames: what travels back with the model's answer."""
+        return replace(self, clips=torch.empty(0, dtype=torch.uint8))
+
+
+def decode_limits(settings: ServiceSettings) -> DecodeLimits:
+    return DecodeLimits(
+        max_width=settings.max_video_side,
+        max_height=settings.max_video_side,
+        max_pixels=settings.max_video_side**2,
+        max_duration_s=settings.max_video_seconds,
+        timeout_s=settings.decode_timeout_s,
+        threads=1,  # parallelism comes from the workers and replicas: one video, one core
+    )
+
+
+class Decoder:
+    def __init__(self, settings: ServiceSettings, name: str = "local"):
+        self.name = name
+        self.limits = decode_limits(settings)
+        self.max_keyframes = settings.max_keyframes
+        # Resolved here, in the process that decodes: a replica without a GPU fails at start
+        # when cuda is forced, instead of on every request.
+        self.device = resolve_decode_device(settings.decode_device)
+        self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+
+    async def _run(self, fn, *args, **kwargs) -> Decoded:
+        queued = time.perf_counter()
+
+        def timed():
+            started = time.perf_counter()
+            return started, fn(*args, **kwargs), time.perf_counter()
+
+        loop = asyncio.get_running_loop()
+        started, out, done = await loop.run_in_executor(self.pool, timed)
+        out: DecodedClips
+        return Decoded(
+            clips=out.clips,
+            times=out.times,
+            frames_decoded=out.frames_decoded,
+            frames_used=out.clips.shape[0] * out.clips.shape[1],
+            hardware=out.hardware,
+            decode_ms=(done - started) * 1e3,
+            wait_ms=(started - queued) * 1e3,
+            decoder=self.name,
+        )
+
+    async def clips(self, data: bytes, spec: ViewSpec, sampling: str = "exact") -> Decoded:
+        """Classification: the test-time clips of `spec`, short side resized to its size."""
+        fn = functools.partial(decode_clips, device=self.device, sampling=sampling)
+        return await self._run(fn, io.BytesIO(data), spec, self.limits)
+
+    async def keyframe_clips(
+        self, data: bytes, spec: ViewSpec, times: list[float] | None
+    ) -> Decoded:
+        """Detection: the clip around each key-frame time (None: 1 Hz), frames resized to S x S."""
+        return await self._run(
+            decode_keyframe_clips, io.BytesIO(data), spec, times, self.limits, self.max_keyframes,
+            device=self.device,
+        )  # fmt: skip
