@@ -487,3 +487,36 @@ def test_ray_dashboard_queries_return_data_from_a_real_prometheus(ray_service, t
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)
+
+
+def test_placement_comes_from_the_settings_not_the_node_building_the_app(monkeypatch):
+    """This machine has no GPU, as a cluster's head node may not: the model replicas still ask
+    Ray for the GPUs the settings give, and decoding gets its own replicas and range."""
+    from service.deployments import build_app
+    from service.server import local_defaults
+
+    def deployments(app) -> dict:
+        ingress = app._bound_deployment
+        bound = [getattr(a, "_bound_deployment", None) for a in ingress.init_args]
+        return {ingress.name: ingress, **{d.name: d for d in bound if d is not None}}
+
+    d = deployments(
+        build_app({"model_path": "/m.safetensors", "model_replicas": 2, "decode_replicas": 3,
+                   "decode_max_replicas": 9, "decode_cpus": 2, "decode_gpus": 0.25})
+    )  # fmt: skip
+    assert d["Model"].ray_actor_options["num_gpus"] == 1 and d["Model"].num_replicas == 2
+    scaling = d["Decoder"]._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas) == (3, 9)
+    assert d["Decoder"].ray_actor_options == {"num_cpus": 2, "num_gpus": 0.25}
+    assert d["Ingress"].ray_actor_options["num_cpus"] == 0
+    with pytest.raises(ValueError, match="decode_max_replicas"):
+        build_app({"model_path": "/m.safetensors", "decode_replicas": 4, "decode_max_replicas": 2})
+    # Locally (`zeroi2v serve`): a decode replica per core, the model where this machine
+    # has a GPU; what the caller or a ZEROI2V_* variable says wins.
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    local = local_defaults({"model_path": "/m.safetensors"})
+    assert (local["decode_replicas"], local["model_gpus"]) == (6, 0)
+    assert local_defaults({"model_path": "/m", "decode_replicas": 1})["decode_replicas"] == 1
+    monkeypatch.setenv("ZEROI2V_DECODE_REPLICAS", "3")
+    assert "decode_replicas" not in local_defaults({"model_path": "/m"})
