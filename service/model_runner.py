@@ -22,7 +22,7 @@ from model import load_merged, read_info
 from model.detection import ActorDetections
 from model.flops import model_macs
 from model.precision import inference_dtype
-from video.views import ViewSpec, detection_views, views_from_clips
+from video.views import ViewSpec, detection_views, view_list
 
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 
@@ -129,7 +129,7 @@ class ModelRunner:
         """A request's uint8 clips (C, T, 3, H, W), short side at the view size, as its
         normalised views (3, T, S, S) on the model's device: only uint8 crosses to the device,
         and cropping and normalising run there."""
-        return list(views_from_clips(clips.to(self.device, non_blocking=True), spec).unbind(0))
+        return view_list(clips.to(self.device, non_blocking=True), spec)
 
     def keyframe_inputs(self, clips: torch.Tensor, spec: ViewSpec) -> list[torch.Tensor]:
         """A request's uint8 key-frame clips (K, T, 3, S, S) as detection inputs (3, T, S, S)

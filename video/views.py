@@ -143,24 +143,23 @@ def make_views(clips: Sequence[torch.Tensor], spec: ViewSpec) -> torch.Tensor:
 
 def views_from_clips(clips: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
     """(C, T, 3, H, W) uint8 clips whose short side is already spec.image_size -> the
-    (V, 3, T, S, S) float32 views of make_views, on the clips' device. The service's model
-    replica runs this, so only uint8 frames travel and normalising runs on the GPU."""
+    (V, 3, T, S, S) float32 views of make_views, on the clips' device."""
+    return torch.stack(view_list(clips, spec))
+
+
+def view_list(clips: torch.Tensor, spec: ViewSpec) -> list[torch.Tensor]:
+    """views_from_clips as a list of strided views (3, T, S, S), for a caller that stacks them
+    into its own batch (the service's model replica, which crops and normalises on its device
+    so that only uint8 frames travel). Three crops cover the clip: it is normalised once, and
+    the crops are views into it; one crop is cut first, so only its pixels are normalised."""
     views = []
     for clip in clips:
-        # Crop in uint8, then normalise only the pixels that are kept.
-        for crop in spatial_crops(clip, spec.image_size, spec.spatial_crops):
-            views.append(normalize(crop, spec.mean, spec.std).permute(1, 0, 2, 3))
-    return torch.stack(views)
-
-
-def detection_view(
-    clip: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
-    """(T, 3, H, W) uint8 -> (3, T, S, S) float32: the WHOLE frame resized to S x S (aspect not
-    kept), so normalised box coordinates mean the same in the video and in the model input and
-    no actor is cropped away."""
-    resized = TF.resize(clip, [size, size], antialias=True)
-    return normalize(resized, mean, std).permute(1, 0, 2, 3)
+        if spec.spatial_crops == 1:
+            clip = spatial_crops(clip, spec.image_size, 1)[0]
+        normalised = normalize(clip, spec.mean, spec.std)
+        for crop in spatial_crops(normalised, spec.image_size, spec.spatial_crops):
+            views.append(crop.permute(1, 0, 2, 3))
+    return views
 
 
 @dataclass(frozen=True)
