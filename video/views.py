@@ -162,6 +162,29 @@ def view_list(clips: torch.Tensor, spec: ViewSpec) -> list[torch.Tensor]:
     return views
 
 
+def detection_view(
+    clip: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """(T, 3, H, W) uint8 -> (3, T, S, S) float32: the WHOLE frame resized to S x S (aspect not
+    kept), so normalised box coordinates mean the same in the video and in the model input and
+    no actor is cropped away."""
+    resized = TF.resize(clip, [size, size], antialias=True)
+    return normalize(resized, mean, std).permute(1, 0, 2, 3)
+
+
+--
+def detection_views(clips: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    """(K, T, 3, S, S) uint8 key-frame clips -> (K, 3, T, S, S) float32, on their device."""
+    return normalize(clips, spec.mean, spec.std).permute(0, 2, 1, 3, 4)
+
+
+def decode_keyframe_clips(
+    source: Source,
+    spec: ViewSpec,
+    timestamps: Sequence[float] | None = None,
+    limits: DecodeLimits = DecodeLimits(),
+
+
 @dataclass(frozen=True)
 class DecodedClips:
     """What decoding a video for the model gives: uint8 clips and what it cost."""
