@@ -172,19 +172,6 @@ def detection_view(
     return normalize(resized, mean, std).permute(1, 0, 2, 3)
 
 
---
-def detection_views(clips: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
-    """(K, T, 3, S, S) uint8 key-frame clips -> (K, 3, T, S, S) float32, on their device."""
-    return normalize(clips, spec.mean, spec.std).permute(0, 2, 1, 3, 4)
-
-
-def decode_keyframe_clips(
-    source: Source,
-    spec: ViewSpec,
-    timestamps: Sequence[float] | None = None,
-    limits: DecodeLimits = DecodeLimits(),
-
-
 @dataclass(frozen=True)
 class DecodedClips:
     """What decoding a video for the model gives: uint8 clips and what it cost."""
