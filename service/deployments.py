@@ -214,6 +214,13 @@ def build_app(args: dict) -> serve.Application:
     ).bind(settings)
     model = ModelDeployment.options(
         num_replicas=s.model_replicas,
-        ray_actor_options={"num_gpus": s.model_gpus, "num_cpus": s.model_cpus},
+        ray_actor_options={
+            "num_gpus": s.model_gpus,
+            "num_cpus": s.model_cpus,
+            # A CPU model shares the cores with decoders: OpenMP threads that spin-wait between
+            # ops took twice the model's own CPU time from them (benchmarks/README.md). Read
+            # when the process starts, so it is set here, not in the replica.
+            "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
+        },
     ).bind(settings)
     return Ingress.bind(decoder, model, settings)

@@ -93,8 +93,11 @@ class ModelRunner:
         """Per-view softmax probabilities for a batch of views, each (3, T, S, S)."""
         probs = []
         for start, end, padded in self._chunks(len(views)):
-            batch = torch.stack(views[start:end]).to(self.device, non_blocking=True)
-            logits = self.model(self._pad(batch, padded))[: end - start]
+            # Stacked frame-major, (B, T, 3, S, S) in memory, and handed over as its (B, 3, T,
+            # S, S) view: the model's frames-as-images reshape is then free, not a copy.
+            frames = torch.stack([v.transpose(0, 1) for v in views[start:end]])
+            batch = self._pad(frames.to(self.device, non_blocking=True), padded)
+            logits = self.model(batch.transpose(1, 2))[: end - start]
             probs.append(logits.float().softmax(-1).cpu())
         return list(torch.cat(probs).unbind(0))
 

@@ -54,7 +54,9 @@ def normalize(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     """uint8 (..., 3, H, W) -> float32 (x / 255 - mean) / std, mean and std in 0..1 units."""
     m = torch.tensor(mean, dtype=torch.float32, device=frames.device).view(3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=frames.device).view(3, 1, 1)
-    return frames.to(torch.float32).div_(255).sub_(m).div_(s)
+    # Contiguous out, whatever the layout in (decoded frames are channels-last): crops of it are
+    # then rows of memory, and stacking them into a batch is a plain copy.
+    return frames.to(torch.float32, memory_format=torch.contiguous_format).div_(255).sub_(m).div_(s)
 
 
 @dataclass(frozen=True)
