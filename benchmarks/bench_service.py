@@ -4,11 +4,13 @@ For each clip, each checkout is measured in its own process (PYTHONPATH points a
 for the Ray replicas too), the two alternating for `--rounds` rounds; ratios are medians of the
 per-round ratios, with their spread. One measurement:
   floor      PyAV alone decodes every frame from the start up to the plan's last frame, no
-             conversion, one core (the least exact sampling can do when the clip has one
-             keyframe)
+             conversion, one core: what exact sampling costs a clip with one keyframe when
+             every frame is decoded (skipping unreferenced frames can go below it)
   decode     the checkout's own decoding of one request, one core: core-ms per video, and
              core-ms over the floor (`decode_clips` where the checkout has it, which is what
-             its decode replicas run; else `load_views`, what its ingress ran)
+             its decode replicas run; else `load_views`, what its ingress ran). Since
+             decode_clips leaves cropping and normalising to the model, `load_views` (decode
+             and float views, in both checkouts) is timed too, like for like
   model      the model replica's work on one request's views (from uint8 clips where the
              checkout takes them), alone
   e2e        the real service (Ray Serve, `service.server.start`, the checkout's local
@@ -106,7 +108,7 @@ def measure(args) -> dict:
     last = max(max(c) for c in plan)
     new = hasattr(views_mod, "decode_clips")
 
-    floor, decode, frames_decoded = [], [], None
+    floor, decode, load, frames_decoded = [], [], [], None
     for _ in range(args.repeats):
         floor.append(floor_ms(args.video, last))
         start = time.process_time()
@@ -116,6 +118,10 @@ def measure(args) -> dict:
         else:
             views, _ = load_views(args.video, spec, limits)
         decode.append((time.process_time() - start) * 1e3)
+        # Like for like: decoding plus making the float views, wherever each checkout does it.
+        start = time.process_time()
+        load_views(args.video, spec, limits)
+        load.append((time.process_time() - start) * 1e3)
 
     torch.set_num_threads(os.cpu_count() or 1)
     runner = ModelRunner(str(args.model), max_batch_size=16)
@@ -183,6 +189,7 @@ def measure(args) -> dict:
         "floor_core_ms": statistics.median(floor),
         "decode_core_ms": statistics.median(decode),
         "decode_over_floor": statistics.median(d / f for d, f in zip(decode, floor, strict=True)),
+        "load_views_core_ms": statistics.median(load),
         "model_ms": statistics.median(model),
         "videos_per_s": n / seconds,
         "latency_ms_p50": pct(latencies, 0.5) * 1e3,
@@ -266,7 +273,7 @@ def main() -> None:
                 print(name, key, json.dumps(runs[key][-1]), flush=True)
         entry = {key: runs[key] for key in trees}
         if "baseline" in trees:
-            for metric in ("videos_per_s", "decode_core_ms", "model_ms"):
+            for metric in ("videos_per_s", "decode_core_ms", "load_views_core_ms", "model_ms"):
                 entry[f"{metric}_this_over_baseline"] = spread(
                     [
                         a[metric] / b[metric]

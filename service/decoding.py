@@ -36,7 +36,7 @@ class Decoded:
     frames_used: int  # frames in the clips (a frame shared by two clips counts twice)
     hardware: bool  # decoded by NVDEC
     decode_ms: float  # decoding, converting and resizing
-    wait_ms: float  # waiting for a decode worker in the decode replica
+    wait_ms: float  # waiting for a worker inside the decode replica (routing waits: queue_ms)
     decoder: str  # which decode replica
 
     def stats(self) -> Decoded:
@@ -56,13 +56,14 @@ def decode_limits(settings: ServiceSettings) -> DecodeLimits:
 
 
 class Decoder:
-    def __init__(self, settings: ServiceSettings, name: str = "local"):
+    def __init__(self, settings: ServiceSettings, name: str = "local", gpu: bool | None = None):
         self.name = name
         self.limits = decode_limits(settings)
         self.max_keyframes = settings.max_keyframes
-        # Resolved here, in the process that decodes: a replica without a GPU fails at start
-        # when cuda is forced, instead of on every request.
-        self.device = resolve_decode_device(settings.decode_device)
+        # Resolved here, in the process that decodes (gpu: whether it was given one; None:
+        # whether torch sees one): a replica without a GPU fails at start when cuda is forced,
+        # instead of on every request.
+        self.device = resolve_decode_device(settings.decode_device, gpu)
         self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
 
     async def _run(self, fn, *args, **kwargs) -> Decoded:

@@ -37,12 +37,21 @@ from service.video_service import DetectInference, Inference, VideoService, boxe
 from video.views import ViewSpec
 
 
+def assigned_gpus() -> list:
+    """The GPUs Ray gave this replica (Ray leaves the others visible when it gives none)."""
+    import ray
+
+    return ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+
+
 @serve.deployment(name="Decoder", max_ongoing_requests=4)
 class DecodeDeployment:
     def __init__(self, settings: dict):
         s = ServiceSettings.model_validate(settings)
         torch.set_num_threads(1)  # resizing runs per frame inside each decode worker
-        self.decoder = Decoder(s, name=serve.get_replica_context().replica_id.unique_id)
+        self.decoder = Decoder(
+            s, name=serve.get_replica_context().replica_id.unique_id, gpu=bool(assigned_gpus())
+        )
         logging.getLogger("ray.serve").info(
             "decoder %s: %d worker(s), device %s", self.decoder.name, s.decode_workers,
             self.decoder.device,
@@ -60,7 +69,9 @@ class ModelDeployment:
     def __init__(self, settings: dict):
         s = ServiceSettings.model_validate(settings)
         torch.set_num_threads(s.torch_threads or os.cpu_count() or 1)
-        self.runner = ModelRunner(s.model_path, s.device, s.precision, s.compile, s.max_batch_size)
+        # A GPU this replica can see but was not given (model_gpus: 0) is not its to use.
+        device = "cpu" if s.device == "auto" and not assigned_gpus() else s.device
+        self.runner = ModelRunner(s.model_path, device, s.precision, s.compile, s.max_batch_size)
         self.infer_views.set_max_batch_size(s.max_batch_size)
         self.infer_views.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
         self.detect_clips.set_max_batch_size(s.max_batch_size)

@@ -43,17 +43,26 @@ def local_defaults(args: dict) -> dict:
     a decode replica per core, the model on this machine's GPU if it has one. Ray counts
     neither the model replica nor the ingress against the cores: the model's threads
     (torch_threads) and the decoders share them as the OS schedules."""
+    import math
     import os
 
     import torch
 
+    from service.settings import ServiceSettings
+
+    args = {k: v for k, v in args.items() if v is not None}
+    given = ServiceSettings.from_env(**args)  # what the caller and the environment say
+    per_replica = max(1, math.ceil(given.decode_cpus))
+    replicas = max(1, (os.cpu_count() or 1) // per_replica)
     local = {
-        "decode_replicas": os.cpu_count() or 1,
+        "decode_replicas": min(replicas, given.decode_max_replicas or replicas),
         "model_gpus": 1 if torch.cuda.is_available() else 0,
         "model_cpus": 0,
     }
-    unset = {k: v for k, v in local.items() if f"ZEROI2V_{k.upper()}" not in os.environ}
-    return {**unset, **{k: v for k, v in args.items() if v is not None}}
+    unset = {
+        k: v for k, v in local.items() if k not in args and f"ZEROI2V_{k.upper()}" not in os.environ
+    }
+    return {**unset, **args}
 
 
 def stop() -> None:

@@ -39,8 +39,8 @@ class ServiceSettings(BaseModel):
     decode_replicas: int = Field(1, ge=1)
     decode_max_replicas: int | None = Field(None, ge=1)
     decode_cpus: float = Field(1.0, ge=0)
-    # NVDEC: auto decodes on a GPU when the decode replica has one (decode_gpus > 0: a share
-    # of a GPU per replica, e.g. 0.25), cuda insists (a replica without a GPU fails at start).
+    # NVDEC: auto decodes on a GPU when the decode replica was given one (decode_gpus > 0: a
+    # share of a GPU per replica, e.g. 0.25), else on its CPU; cuda insists on it.
     decode_device: Literal["auto", "cpu", "cuda"] = "auto"
     decode_gpus: float = Field(0.0, ge=0)
     # The model replicas: Ray places each on a node with these free, whatever the head has.
@@ -62,7 +62,9 @@ class ServiceSettings(BaseModel):
     api_key: str | None = None
 
     @model_validator(mode="after")
-    def _replica_range(self) -> ServiceSettings:
+    def _placement(self) -> ServiceSettings:
+        if self.decode_device == "cuda" and self.decode_gpus == 0:
+            raise ValueError("decode_device=cuda needs decode_gpus > 0 (a GPU share per decoder)")
         if self.decode_max_replicas is not None and self.decode_max_replicas < self.decode_replicas:
             raise ValueError(
                 f"decode_max_replicas ({self.decode_max_replicas}) is below decode_replicas "

@@ -518,5 +518,9 @@ def test_placement_comes_from_the_settings_not_the_node_building_the_app(monkeyp
     local = local_defaults({"model_path": "/m.safetensors"})
     assert (local["decode_replicas"], local["model_gpus"]) == (6, 0)
     assert local_defaults({"model_path": "/m", "decode_replicas": 1})["decode_replicas"] == 1
+    assert local_defaults({"model_path": "/m", "decode_cpus": 2})["decode_replicas"] == 3
+    assert local_defaults({"model_path": "/m", "decode_max_replicas": 4})["decode_replicas"] == 4
+    with pytest.raises(ValueError, match="decode_gpus > 0"):
+        build_app({"model_path": "/m.safetensors", "decode_device": "cuda"})
     monkeypatch.setenv("ZEROI2V_DECODE_REPLICAS", "3")
     assert "decode_replicas" not in local_defaults({"model_path": "/m"})

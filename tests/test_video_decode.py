@@ -488,7 +488,7 @@ def test_decode_device():
     if torch.cuda.is_available():
         pytest.skip("a GPU machine: the fallback is what this test is about")
     assert resolve_decode_device("auto") == "cpu"
-    with pytest.raises(DecodeDeviceError, match="decode_device=cuda, but this process sees no"):
+    with pytest.raises(DecodeDeviceError, match="decode_device=cuda, but this process has no"):
         resolve_decode_device("cuda")
     with pytest.raises(DecodeDeviceError, match="auto, cpu or cuda"):
         resolve_decode_device("gpu")

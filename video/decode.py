@@ -9,8 +9,8 @@ each group of requested frames and decodes forward only as far as that group nee
 Refused: still images and text (FFmpeg would show them as one-frame videos), playlists and
 network streams (they open other files or sockets), and anything over `DecodeLimits`. Every
 failure is a `VideoError` whose `reason` a service can return as is; only `IndexError` (a frame
-that does not exist) and `TypeError` (a source that is not a path, bytes or a file) escape
-otherwise.
+that does not exist), `TypeError` (a source that is not a path, bytes or a file) and
+`ValueError` (a decode device other than cpu or cuda) escape otherwise.
 """
 
 from __future__ import annotations
@@ -105,6 +105,11 @@ IMAGE_DEMUXERS = {"image2", "image2pipe", "tty", "bin", "xbin", "adf", "idf", "i
 # refuses them before they read anything: a live playlist would otherwise wait for new segments
 # for minutes inside av.open, where no timeout of ours can reach.
 REFUSED_DEMUXERS = {"hls", "dash", "concat", "sdp", "rtsp", "rtp"}
+
+
+# H.264 NAL unit types a skipped packet may hold: non-IDR slices and their partitions (1-4),
+# SEI (6), access unit delimiters (9), filler (12).
+SKIPPABLE_NAL_TYPES = {1, 2, 3, 4, 6, 9, 12}
 
 
 class _PtsOutOfOrder(Exception):
@@ -205,7 +210,7 @@ class VideoReader:
     def keyframes(self) -> list[int]:
         """Ordinals of the keyframes (where decoding can start), [] when frames are counted
         in decode order because the timestamps cannot be trusted."""
-        return list(self._keyframes)
+        return [] if self._sequential else list(self._keyframes)
 
     # -- opening and indexing --------------------------------------------------------------
 
@@ -241,7 +246,8 @@ class VideoReader:
         extradata = ctx.extradata or b""
         # avcC extradata (version 1) gives the size of the NAL length fields; without it the
         # stream is Annex B.
-        self._nal_length_size = (extradata[4] & 3) + 1 if extradata[:1] == b"\x01" else None
+        avcc = ctx.name == "h264" and len(extradata) >= 7 and extradata[0] == 1
+        self._nal_length_size = (extradata[4] & 3) + 1 if avcc else None
         self.hardware = bool(ctx.is_hwaccel)
         if not self.hardware:  # NVDEC runs one stream per context; threads would only wait
             ctx.thread_type = "AUTO"
@@ -275,6 +281,7 @@ class VideoReader:
         max_ticks = limits.max_duration_s / float(tb) if tb else float("inf")
         first_ts = last_ts = None
         last_duration = cut_short = 0
+        reordered = False
         for packet in self._container.demux(stream):
             self._check_time()
             if packet.size == 0:  # the flush packet PyAV appends at the end
@@ -288,6 +295,7 @@ class VideoReader:
                 cut_short += packet.is_corrupt
                 continue
             pts.append(packet.pts)
+            reordered = reordered or packet.pts != packet.dts
             if packet.is_keyframe:
                 keyframes.append(packet.pts)
             if len(pts) > limits.max_frames:
@@ -303,6 +311,10 @@ class VideoReader:
         if not pts:
             raise EmptyVideo(f"{self.name}: the video stream has no frames")
         self._first_ts = first_ts if first_ts is not None else 0
+        # Presentation times that differ from decode times: the container says the display
+        # order (AVI, say, stamps frames in decode order; skipping there could hide the
+        # backwards timestamps that make the reader count frames instead).
+        self._reordered = reordered
 
         # Ordinals come from sorted timestamps. Without a usable timestamp for every frame (raw
         # streams, broken muxers) frames are counted in decode order from the start instead.
@@ -347,6 +359,9 @@ class VideoReader:
             if not self._sequential and self._ordinal_of.get(frame.pts) is None:
                 # The decoder's timestamps do not match the packets': count frames instead.
                 self._sequential = True
+            # A device context alone does not say NVDEC decodes: FFmpeg falls back to software
+            # for what it cannot (4:4:4, 10-bit H.264, no libnvcuvid in the container).
+            self.hardware = self.hardware and self._stream.codec_context.pix_fmt == "cuda"
             return frame
         if self._decode_errors:
             raise NotAVideo(
@@ -372,7 +387,7 @@ class VideoReader:
                 if ordinal >= targets[-1]:
                     break
         else:
-            skip = skip_unreferenced and self.info.codec == "h264"
+            skip = skip_unreferenced and self.info.codec == "h264" and self._reordered
             self._keep_pts = {self._pts[i] for i in targets} if skip else None
             try:
                 for group in self._groups(targets):
@@ -499,7 +514,11 @@ class VideoReader:
                 at += n + size
             if at != len(data):
                 return False
-        slices = [h for h in headers if 1 <= h & 0x1F <= 5]
+        # Only non-IDR slices, SEI, delimiters and filler: a parameter set or an end of
+        # sequence in the packet changes how later frames decode, so it is never skipped.
+        if not headers or any(h & 0x1F not in SKIPPABLE_NAL_TYPES for h in headers):
+            return False
+        slices = [h for h in headers if 1 <= h & 0x1F <= 4]
         return bool(slices) and all(h & 0xE0 == 0 for h in slices)  # forbidden bit, ref_idc 0
 
     def _seek(self, pts: int | None) -> None:
@@ -521,11 +540,14 @@ class VideoReader:
     def _to_array(self, frame: av.VideoFrame) -> torch.Tensor:
         """An upright (H, W, 3) uint8 frame, or (H', W', 3) after the read's transform."""
         width, height = self._coded_size
+        # swscale's threads follow the decoder's: with one per video (the service), a second
+        # would only contend with the other videos' decoders for the same cores.
+        threads = self.limits.threads
         if (frame.width, frame.height) != (width, height):
             # A mid-stream size change: scale to the first frame's size so frames stack.
-            array = frame.to_ndarray(format="rgb24", width=width, height=height)
+            array = frame.to_ndarray(format="rgb24", width=width, height=height, threads=threads)
         else:
-            array = frame.to_ndarray(format="rgb24")
+            array = frame.to_ndarray(format="rgb24", threads=threads)
         if self._rotation:
             array = np.ascontiguousarray(np.rot90(array, k=-self._rotation // 90))
         pixels = torch.from_numpy(array)
@@ -640,12 +662,16 @@ class DecodeDeviceError(ValueError):
 def hardware_decoder():
     from av.codec.hwaccel import HWAccel
 
-    return HWAccel(device_type="cuda", allow_software_fallback=True)
+    # The device's primary context, shared by every video of the process: a context of its own
+    # per video would cost its creation and its memory each time.
+    return HWAccel(device_type="cuda", allow_software_fallback=True, options={"primary_ctx": "1"})
 
 
-def resolve_decode_device(name: str) -> str:
-    """ "auto" -> "cuda" when this process sees a CUDA GPU and PyAV's FFmpeg has CUDA hardware
-    decoding, else "cpu"; "cuda" without them is a DecodeDeviceError that says what is missing."""
+def resolve_decode_device(name: str, gpu: bool | None = None) -> str:
+    """auto -> cuda when this process has a CUDA GPU and PyAV's FFmpeg has CUDA hardware
+    decoding, else cpu; cuda without them is a DecodeDeviceError that says what is missing.
+    gpu: whether a GPU was given to this process (a Ray replica's assigned GPUs: one it can see
+    but was not given belongs to someone else); None: whether torch sees one."""
     if name not in ("auto", "cpu", "cuda"):
         raise DecodeDeviceError(f"decode_device is auto, cpu or cuda, not {name!r}")
     if name == "cpu":
@@ -653,8 +679,8 @@ def resolve_decode_device(name: str) -> str:
     from av.codec.hwaccel import hwdevices_available
 
     missing = []
-    if not torch.cuda.is_available():
-        missing.append("this process sees no CUDA GPU")
+    if not (torch.cuda.is_available() if gpu is None else gpu):
+        missing.append("this process has no CUDA GPU")
     if "cuda" not in hwdevices_available():
         missing.append("PyAV's FFmpeg was built without CUDA hardware decoding")
     if not missing:
