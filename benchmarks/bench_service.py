@@ -108,7 +108,7 @@ def measure(args) -> dict:
     last = max(max(c) for c in plan)
     new = hasattr(views_mod, "decode_clips")
 
-    floor, decode, load, frames_decoded = [], [], [], None
+    floor, decode, whole, frames_decoded = [], [], [], None
     for _ in range(args.repeats):
         floor.append(floor_ms(args.video, last))
         start = time.process_time()
@@ -121,7 +121,7 @@ def measure(args) -> dict:
         # Like for like: decoding plus making the float views, wherever each checkout does it.
         start = time.process_time()
         load_views(args.video, spec, limits)
-        load.append((time.process_time() - start) * 1e3)
+        whole.append((time.process_time() - start) * 1e3)
 
     torch.set_num_threads(os.cpu_count() or 1)
     runner = ModelRunner(str(args.model), max_batch_size=16)
@@ -189,7 +189,7 @@ def measure(args) -> dict:
         "floor_core_ms": statistics.median(floor),
         "decode_core_ms": statistics.median(decode),
         "decode_over_floor": statistics.median(d / f for d, f in zip(decode, floor, strict=True)),
-        "load_views_core_ms": statistics.median(load),
+        "load_views_core_ms": statistics.median(whole),
         "model_ms": statistics.median(model),
         "videos_per_s": n / seconds,
         "latency_ms_p50": pct(latencies, 0.5) * 1e3,
