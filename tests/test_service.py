@@ -365,7 +365,7 @@ def test_ray_concurrent_requests_batch_and_metrics(ray_service, synth_dir):
     # Decoding ran on both decode replicas, and the frames decoded are reported.
     assert len({r.json()["decoder"]["replica"] for r in responses}) == 2
     assert all(r.json()["timings"]["frames_decoded"] >= 1 for r in responses)
-    deadline, text = time.time() + 60, ""
+    deadline, text = time.time() + 120, ""
     while time.time() < deadline:  # Ray's agent exports metrics every few seconds
         text = httpx.get(metrics_url, timeout=10).text
         if all(
