@@ -8,8 +8,10 @@
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 FROM ${BASE_IMAGE}
 
+# video: the NVIDIA runtime then mounts libnvcuvid, which NVDEC decoding needs (decode_gpus > 0).
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1 \
-    VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
+    VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility,video
 RUN apt-get update -q \
  && apt-get install -y -q --no-install-recommends python3 python3-venv curl \
  && rm -rf /var/lib/apt/lists/* \
