@@ -102,7 +102,7 @@ def test_compose_wires_the_files_that_exist():
     assert {"zeroi2v", "prometheus", "grafana"} <= set(services)
     app = services["zeroi2v"]
     devices = app["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["capabilities"] == ["gpu"]
+    assert devices[0]["capabilities"] == ["gpu", "video"]  # video: NVDEC (libnvcuvid)
     assert app["shm_size"]
     for service in services.values():
         for volume in service.get("volumes", []):
