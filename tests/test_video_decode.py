@@ -500,3 +500,26 @@ def test_a_video_falls_back_to_cpu_decoding_when_nvdec_cannot_open(mp4):
     with VideoReader(mp4, device="cuda") as reader, VideoReader(mp4) as cpu:
         assert reader.hardware is False
         assert torch.equal(reader.read([0, 5, 9]), cpu.read([0, 5, 9]))
+
+
+def test_only_packets_of_unreferenced_slices_are_skippable(mp4):
+    """The NAL headers decide: non-reference slices (with SEI or delimiters) may be skipped; a
+    reference slice, an IDR, a parameter set or a malformed packet never is."""
+
+    def avcc(*nals: bytes) -> av.Packet:
+        return av.Packet(b"".join(len(n).to_bytes(4, "big") + n for n in nals))
+
+    with VideoReader(mp4) as reader:
+        assert reader._nal_length_size == 4  # MP4: avcC, 4-byte NAL lengths
+        skippable = reader._unreferenced
+        assert skippable(avcc(b"\x01\xaa\xbb"))  # non-IDR slice, nal_ref_idc 0
+        assert skippable(avcc(b"\x09\xf0", b"\x06\x05\x01", b"\x01\xaa"))  # AUD, SEI, slice
+        assert not skippable(avcc(b"\x21\xaa"))  # nal_ref_idc 1: a reference
+        assert not skippable(avcc(b"\x05\xaa"))  # IDR, however its ref_idc reads
+        assert not skippable(avcc(b"\x68\xce", b"\x01\xaa"))  # a PPS before the slice
+        assert not skippable(avcc(b"\x06\x05\x01"))  # no slice at all
+        assert not skippable(av.Packet(b"\x00\x00\x00\x09\x01\xaa"))  # length past the end
+        assert not skippable(avcc(b"\x81\xaa"))  # forbidden bit set
+        reader._nal_length_size = None  # Annex B: start codes
+        assert skippable(av.Packet(b"\x00\x00\x00\x01\x09\xf0\x00\x00\x01\x01\xaa"))
+        assert not skippable(av.Packet(b"\x00\x00\x01\x67\x64\x00\x00\x01\x01\xaa"))  # SPS
