@@ -11,15 +11,8 @@
 # then run `bash benchmarks/gpu_decode.sh` there with carry [".whl", ".baseline-decode", ".gpu"].
 # EXTRA="--procs 2 --nvdec-procs 0 --seconds 3 --reps 1 --batch-views 9" is the CPU dry run.
 set -uo pipefail
-OUT=${OUT:-/tmp/zeroi2v-gpu}
-mkdir -p "$OUT"
-if [[ -d .whl ]]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1
-nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
+source benchmarks/device_env.sh
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 baseline=()
 [[ -d .baseline-decode/video ]] && baseline=(--baseline .baseline-decode)
 timeout 280 python3 benchmarks/gpu_decode.py --video .gpu/bbb10.mp4 --out "$OUT" \

@@ -20,15 +20,7 @@
 #             and 4 views, answers vs eager
 # EXTRA="--device cpu --image-size 32 --reps 1" runs the same stages on a CPU, as a dry run.
 set -uo pipefail
-OUT=${OUT:-/tmp/zeroi2v-gpu}
-mkdir -p "$OUT"
-if [[ -d .whl ]]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONUNBUFFERED=1
-nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
+source benchmarks/device_env.sh
 python3 -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())" | tee "$OUT/env.txt"
 
 stage() {  # name, seconds, code root, bench arguments...
