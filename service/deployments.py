@@ -36,7 +36,6 @@ from service.settings import ServiceSettings
 from service.video_service import DetectInference, Inference, VideoService, boxes_per_clip
 from video.views import ViewSpec
 
-
 # glibc gives every allocation over 32 MB (and many smaller ones) its own mmap, so each
 # request's frames and batches fault in fresh pages, and returns them at once. Serving from the
 # heap, keeping up to 256 MB of freed memory for the next request, made the model replica's
