@@ -36,12 +36,6 @@ from service.settings import ServiceSettings
 from service.video_service import DetectInference, Inference, VideoService, boxes_per_clip
 from video.views import ViewSpec
 
-# glibc gives every allocation over 32 MB (and many smaller ones) its own mmap, so each
-# request's frames and batches fault in fresh pages, and returns them at once. Serving from the
-# heap, keeping up to 256 MB of freed memory for the next request, made the model replica's
-# input handling 40% cheaper here (benchmarks/README.md). Read at process start.
-HEAP_REUSE = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)}
-
 
 def assigned_gpus() -> list:
     """The GPUs Ray gave this replica (Ray leaves the others visible when it gives none)."""
@@ -227,11 +221,7 @@ def build_app(args: dict) -> serve.Application:
         # A request waiting for a worker is queued in the replica, not held by the router:
         # room for one more per worker, so a freed worker starts at once.
         max_ongoing_requests=2 * s.decode_workers,
-        ray_actor_options={
-            "num_cpus": s.decode_cpus,
-            "num_gpus": s.decode_gpus,
-            "runtime_env": {"env_vars": HEAP_REUSE},
-        },
+        ray_actor_options={"num_cpus": s.decode_cpus, "num_gpus": s.decode_gpus},
     ).bind(settings)
     model = ModelDeployment.options(
         num_replicas=s.model_replicas,
@@ -241,7 +231,7 @@ def build_app(args: dict) -> serve.Application:
             # A CPU model shares the cores with decoders: OpenMP threads that spin-wait between
             # ops took twice the model's own CPU time from them (benchmarks/README.md). Read
             # when the process starts, so it is set here, not in the replica.
-            "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", **HEAP_REUSE}},
+            "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
         },
     ).bind(settings)
     return Ingress.bind(decoder, model, settings)
