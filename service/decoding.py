@@ -23,7 +23,7 @@ import torch
 
 from service.settings import ServiceSettings
 from video.decode import DecodeLimits, resolve_decode_device
-from video.views import DecodedClips, ViewSpec, decode_clips, decode_keyframe_clips
+from video.views import ViewSpec, decode_clips, decode_keyframe_clips
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,6 @@ class Decoder:
 
         loop = asyncio.get_running_loop()
         started, out, done = await loop.run_in_executor(self.pool, timed)
-        out: DecodedClips
         return Decoded(
             clips=out.clips,
             times=out.times,

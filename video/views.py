@@ -208,14 +208,17 @@ def decode_clips(
         plan = spec.sampling.plan(reader.info.num_frames, train=False)
         if sampling == "fast":
             plan = snap_to_keyframes(plan, reader.keyframes)
-        resize = functools.partial(resize_short_side, size=spec.image_size)
-        frames = reader.read([i for clip in plan for i in clip], transform=resize)
-    return DecodedClips(
-        frames.unflatten(0, (len(plan), len(plan[0]))),
-        reader.info,
-        reader.frames_decoded,
-        reader.hardware,
-    )
+        return read_clips(reader, plan, functools.partial(resize_short_side, size=spec.image_size))
+
+
+def read_clips(
+    reader: VideoReader, plan: list[list[int]], transform, times: list[float] | None = None
+) -> DecodedClips:
+    """The frames of `plan` (clips of ordinals) in one read, each transformed as it is decoded,
+    as (clips, T, 3, H, W) uint8 with what the read cost."""
+    frames = reader.read([i for clip in plan for i in clip], transform=transform)
+    clips = frames.unflatten(0, (len(plan), len(plan[0])))
+    return DecodedClips(clips, reader.info, reader.frames_decoded, reader.hardware, times)
 
 
 def load_views(
@@ -289,12 +292,6 @@ def decode_keyframe_clips(
             s = spec.sampling
             plan.append(keyframe_clip(centre, info.num_frames, s.num_frames, s.interval))
         size = [spec.image_size, spec.image_size]
-        resize = functools.partial(TF.resize, size=size, antialias=True)
-        frames = reader.read([i for clip in plan for i in clip], transform=resize)
-    return DecodedClips(
-        frames.unflatten(0, (len(plan), len(plan[0]))),
-        info,
-        reader.frames_decoded,
-        reader.hardware,
-        times,
-    )
+        return read_clips(
+            reader, plan, functools.partial(TF.resize, size=size, antialias=True), times
+        )
