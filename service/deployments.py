@@ -71,7 +71,9 @@ class ModelDeployment:
         torch.set_num_threads(s.torch_threads or os.cpu_count() or 1)
         # A GPU this replica can see but was not given (model_gpus: 0) is not its to use.
         device = "cpu" if s.device == "auto" and not assigned_gpus() else s.device
-        self.runner = ModelRunner(s.model_path, device, s.precision, s.compile, s.max_batch_size)
+        self.runner = ModelRunner(
+            s.model_path, device, s.precision, s.compile, s.max_batch_size, base=s.base
+        )
         self.infer_views.set_max_batch_size(s.max_batch_size)
         self.infer_views.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
         self.detect_clips.set_max_batch_size(s.max_batch_size)

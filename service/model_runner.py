@@ -1,4 +1,4 @@
-"""The model side of the service: a merged checkpoint on the best device, run on view batches.
+"""The model side of the service: a merged model on the best device, run on view batches.
 
 Plain code; the Ray model deployment wraps `run` (classification) and `detect` (detection) in
 `@serve.batch`. A classification batch is a list of single views (3, T, S, S) from any number of
@@ -44,6 +44,7 @@ class ModelRunner:
         precision: str = "auto",
         compile: str = "off",
         max_batch_size: int = 16,
+        base: str | None = None,
     ):
         if compile not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {compile!r}: {', '.join(COMPILE_MODES)}")
@@ -52,7 +53,8 @@ class ModelRunner:
         self.device = torch.device(device)
         self.info = read_info(model_path)
         self.dtype = inference_dtype(precision, self.device)
-        self.model = load_merged(model_path, device=self.device).cast_backbone(self.dtype)
+        model = load_merged(model_path, device=self.device, base=base)
+        self.model = model.cast_backbone(self.dtype)
         cfg = self.model.cfg
         self.clip_shape = (3, cfg.num_frames, cfg.image_size, cfg.image_size)
         self.macs_per_view = model_macs(self.model, self.clip_shape)

