@@ -74,7 +74,14 @@ def stop() -> None:
 
 
 def serve_forever(args: dict, host: str, port: int, metrics_port: int) -> None:
+    import signal
+    import sys
+
     start(args, host, port, metrics_port)
+    # `docker stop`, systemd and a shell's background jobs stop with SIGTERM, not Ctrl-C: leave
+    # through the same cleanup, or Ray's processes outlive the command. (After start: ray.init
+    # installs a SIGTERM handler of its own that aborts.)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(
         f"zeroi2v is serving on http://{host}:{port} (docs: /docs); "
         f"Prometheus metrics on http://127.0.0.1:{metrics_port}/metrics; Ctrl-C stops it",
