@@ -17,6 +17,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service import problems
@@ -32,6 +33,8 @@ def create_app() -> FastAPI:
         version="0.1.0",
     )
     app.add_exception_handler(Problem, problems.problem_handler)
+    # Starlette's own 404 and 405 (and any other HTTPException) as problem+json too.
+    app.add_exception_handler(StarletteHTTPException, problems.http_exception_handler)
 
     @app.middleware("http")
     async def _count(request: Request, call_next):
@@ -196,8 +199,9 @@ async def read_upload(
             yield chunk
 
     content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()  # RFC 9110: case-insensitive
     texts: dict[str, str] = {}
-    if content_type.startswith("multipart/form-data"):
+    if media_type == "multipart/form-data":
         try:
             form = await MultiPartParser(request.headers, counted(), max_files=1).parse()
         except MultiPartException as e:
@@ -215,7 +219,7 @@ async def read_upload(
             data = await upload.read()
         finally:
             await upload.close()
-    elif content_type.startswith(("video/", "application/octet-stream")) or not content_type:
+    elif media_type.startswith("video/") or media_type in ("application/octet-stream", ""):
         data = b"".join([chunk async for chunk in counted()])
     else:
         raise problems.unsupported(

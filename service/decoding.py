@@ -49,6 +49,8 @@ def decode_limits(settings: ServiceSettings) -> DecodeLimits:
         max_width=settings.max_video_side,
         max_height=settings.max_video_side,
         max_pixels=settings.max_video_side**2,
+        max_decoded_pixels=settings.max_decode_megapixels * 10**6,
+        max_aspect_ratio=settings.max_aspect_ratio,
         max_duration_s=settings.max_video_seconds,
         timeout_s=settings.decode_timeout_s,
         threads=1,  # parallelism comes from the workers and replicas: one video, one core

@@ -7,8 +7,11 @@ client sends should produce a 500; a 500 means a bug here, and says so.
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 MEDIA_TYPE = "application/problem+json"
 
@@ -66,3 +69,21 @@ def not_ready() -> Problem:
 
 async def problem_handler(request: Request, exc: Problem) -> JSONResponse:
     return exc.response(instance=request.url.path)
+
+
+async def http_exception_handler(request: Request, exc: HTTPException) -> JSONResponse:
+    """The framework's own errors (404 for an unknown path, 405 for a wrong method, with its
+    Allow header) in the same shape as ours."""
+    try:
+        title = HTTPStatus(exc.status_code).phrase
+    except ValueError:
+        title = "Error"
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    if exc.status_code == 404:
+        detail = f"no endpoint {request.url.path}; see /docs"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path} (allowed: " + (
+            f"{(exc.headers or {}).get('Allow', '?')})"
+        )
+    problem = Problem(exc.status_code, title, detail, headers=dict(exc.headers or {}))
+    return problem.response(instance=request.url.path)

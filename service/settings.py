@@ -34,6 +34,10 @@ class ServiceSettings(BaseModel):
     max_upload_bytes: int = Field(100 * 2**20, ge=1024)
     max_video_seconds: float = Field(600.0, gt=0)
     max_video_side: int = Field(3840, ge=16)
+    # Per-request cost, whatever the file's size (video/decode.py DecodeLimits): frames
+    # decoded x their pixels, and how thin a frame may be (resizing it to the short side).
+    max_decode_megapixels: int = Field(4000, ge=1)
+    max_aspect_ratio: float = Field(8.0, ge=1)
     decode_timeout_s: float = Field(30.0, gt=0)
     # Decoding runs in its own deployment (service/decoding.py). Each replica decodes
     # `decode_workers` videos at once, one core each; `decode_cpus` is what Ray reserves per

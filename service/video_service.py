@@ -23,7 +23,7 @@ from model.detection import ActorDetections
 from service import problems
 from service.decoding import Decoded
 from service.settings import ServiceSettings
-from video.decode import DecodeTimeout, VideoError, VideoTooLarge
+from video.decode import DecodeTimeout, OverCostLimit, VideoError, VideoTooLarge
 from video.views import SAMPLING_MODES, TimestampError, ViewSpec
 
 
@@ -102,6 +102,8 @@ def decode_problems():
         message = str(cause if isinstance(cause, BaseException) else e)
         if isinstance(e, VideoTooLarge):
             raise problems.Problem(413, "Video too large", message) from None
+        if isinstance(e, OverCostLimit):
+            raise problems.Problem(422, "Request over its cost limit", message) from None
         if isinstance(e, DecodeTimeout):
             raise problems.Problem(422, "Video too slow to decode", message) from None
         if isinstance(e, TimestampError):

@@ -177,3 +177,13 @@ def test_a_training_checkpoint_takes_no_base(run_on_base, base, tmp_path):
 def _meta(path: Path) -> dict:
     with safe_open(str(path), "pt") as f:
         return f.metadata()
+
+
+def test_the_model_runner_merges_adapters_onto_a_named_base(adapters, base, tmp_path):
+    from service.model_runner import ModelRunner
+
+    renamed = tmp_path / "renamed_base.safetensors"
+    renamed.write_bytes(base.read_bytes())
+    runner = ModelRunner(str(adapters), precision="fp32", base=str(renamed))
+    assert runner.info.is_adapters and not any("adapter" in k for k in runner.model.state_dict())
+    torch.testing.assert_close(outputs(runner.model), outputs(load_merged(adapters)))

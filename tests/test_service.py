@@ -108,6 +108,42 @@ def test_bad_uploads_are_problems(merged_model, kwargs, status, title):
     assert client.get("/livez").status_code == 200  # still serving
 
 
+def test_media_types_are_case_insensitive(merged_model, synth_dir):
+    client = local_client(merged_model)
+    video = next((synth_dir / "videos").rglob("*.mp4")).read_bytes()
+    r = client.post("/classify", content=video, headers={"content-type": "VIDEO/MP4"})
+    assert r.status_code == 200, r.text
+    boundary = "zeroi2vboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=file; filename=a.mp4\r\n"
+            f"Content-Type: video/mp4\r\n\r\n")  # fmt: skip
+    body = head.encode() + video + f"\r\n--{boundary}--\r\n".encode()
+    content_type = f"Multipart/Form-Data; boundary={boundary}"
+    r = client.post("/classify", content=body, headers={"content-type": content_type})
+    assert r.status_code == 200, r.text
+
+
+def test_a_thin_video_is_over_the_cost_limit(merged_model, tmp_path):
+    """33 KB of 3840x2 frames: resized to a short side of 32 each would be 32x61440."""
+    from tests.media import write_clip
+
+    thin = write_clip(tmp_path / "thin.mp4", 2, size=(3840, 2)).read_bytes()
+    client = local_client(merged_model)
+    r = client.post("/classify?temporal_clips=30", content=thin,
+                    headers={"content-type": "video/mp4"})  # fmt: skip
+    assert r.status_code == 422 and r.json()["title"] == "Request over its cost limit", r.text
+    assert "aspect ratio of 1920:1" in r.json()["detail"]
+
+
+def test_unknown_paths_and_methods_are_problems(merged_model):
+    client = local_client(merged_model)
+    r = client.get("/nowhere")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"] == "no endpoint /nowhere; see /docs"
+    r = client.get("/classify")
+    assert r.status_code == 405 and r.headers["content-type"] == "application/problem+json"
+    assert r.headers["allow"] == "POST" and "allowed: POST" in r.json()["detail"]
+
+
 def test_too_large_is_refused_while_streaming(merged_model):
     """At the ASGI level: the app stops pulling body chunks once the limit is passed."""
     client = local_client(merged_model, max_upload_bytes=65_536)

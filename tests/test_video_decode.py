@@ -14,6 +14,7 @@ from video import (
     DecodeTimeout,
     NotAVideo,
     NoVideoStream,
+    OverCostLimit,
     VideoError,
     VideoReader,
     VideoTooLarge,
@@ -374,6 +375,30 @@ def test_resolution_limit(mp4):
         probe(mp4, DecodeLimits(max_pixels=1000))
     # Width and height bind either orientation: 64x48 passes a 48x64 (portrait) limit.
     assert probe(mp4, DecodeLimits(max_width=48, max_height=64)).width == 64
+
+
+def test_thin_frames_are_refused_before_resizing_blows_them_up(media):
+    """3840x2 frames resized to a short side of 224 would be 224x430080 each: tens of GB for a
+    30-clip request of a 33 KB file. Refused by their aspect ratio, at probe time."""
+    thin = write_clip(media / "thin.mp4", 2, size=(3840, 2))
+    with pytest.raises(OverCostLimit, match=r"3840x2 frames have an aspect ratio of 1920:1") as e:
+        probe(thin)
+    assert e.value.reason == "over_cost_limit"
+    assert probe(write_clip(media / "wide.mp4", 2, size=(64, 8))).width == 64  # 8:1 passes
+
+
+def test_a_read_that_would_decode_too_much_is_refused_before_decoding(long_mp4):
+    """Frames decoded x pixels per read: each target costs the frames from its keyframe."""
+    info = probe(long_mp4)
+    per_frame = info.width * info.height
+    with VideoReader(long_mp4, DecodeLimits(max_decoded_pixels=20 * per_frame)) as reader:
+        assert reader.frames_to_decode([5, 9, 25, 29]) == 10 + 10  # two GOPs of 10, from 0 and 20
+        assert ordinals_of(reader.read([9, 29])) == [9, 29]
+        before = reader.frames_decoded
+        cost = r"up to 30 frames of 64x48 decoded \(0.09216 megapixels; at most 0.06144 per"
+        with pytest.raises(OverCostLimit, match=cost):
+            reader.read([9, 19, 29])
+        assert reader.frames_decoded == before  # nothing was decoded
 
 
 def test_duration_and_frame_limits(clips):

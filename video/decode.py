@@ -61,6 +61,13 @@ class DecodeTimeout(VideoError):
     reason = "timeout"
 
 
+class OverCostLimit(VideoError):
+    """What a request would cost is over its limits, whatever the file's size: frames so thin
+    that resizing them blows up, or more decoding than one request may ask for."""
+
+    reason = "over_cost_limit"
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
     """Bounds on what one video may cost. Width and height bind either orientation: the long
@@ -74,9 +81,18 @@ class DecodeLimits:
     timeout_s: float = 60.0  # wall clock for opening, and again for each read
     threads: int = 0  # decoder threads; 0 lets FFmpeg pick
     max_pixels: int = 3840 * 2160
+    # Per-request cost, which a small file can make huge: resizing 3840x2 frames to a short
+    # side of 224 makes each 224x430080; and a long GOP of 4K frames, which compress to almost
+    # nothing when flat, makes every target cost hundreds of decoded frames.
+    max_aspect_ratio: float = 8.0  # long side / short side
+    max_decoded_pixels: int = 4_000_000_000  # per read: frames it decodes x their pixels
 
     def __post_init__(self):
-        for name in ("max_width", "max_height", "max_frames", "max_pixels"):
+        if not self.max_aspect_ratio >= 1:
+            raise ValueError(
+                f"DecodeLimits.max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}"
+            )
+        for name in ("max_width", "max_height", "max_frames", "max_pixels", "max_decoded_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DecodeLimits.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_duration_s", "timeout_s"):
@@ -193,6 +209,7 @@ class VideoReader:
         wanted = [_ordinal(i, self.info.num_frames, self.name) for i in indices]
         if not wanted:
             return torch.empty((0, 3, self.info.height, self.info.width), dtype=torch.uint8)
+        self._check_cost(sorted(set(wanted)))
         with _translate_errors(self.name, "read", self.limits.timeout_s):
             self._deadline = time.monotonic() + self.limits.timeout_s
             self._transform = transform
@@ -413,6 +430,24 @@ class VideoReader:
             )
         return frames
 
+    def frames_to_decode(self, targets: list[int]) -> int:
+        """At most how many frames decoding the sorted unique ordinals `targets` takes: from
+        each group's keyframe to its last target (unreferenced frames skipped or not)."""
+        if self._sequential or not self._keyframes:
+            return targets[-1] + 1
+        return sum(g[-1] - (self._keyframe_before(g[0]) or 0) + 1 for g in self._groups(targets))
+
+    def _check_cost(self, targets: list[int]) -> None:
+        frames = self.frames_to_decode(targets)
+        pixels = frames * self.info.width * self.info.height
+        if pixels > self.limits.max_decoded_pixels:
+            raise OverCostLimit(
+                f"{self.name}: this request needs up to {frames} frames of "
+                f"{self.info.width}x{self.info.height} decoded ({pixels / 1e6:.4g} megapixels; "
+                f"at most {self.limits.max_decoded_pixels / 1e6:.4g} per request): ask for "
+                f"fewer clips, or send a shorter video or one with more frequent keyframes"
+            )
+
     def _keyframe_before(self, ordinal: int) -> int | None:
         """The last keyframe at or before `ordinal` in presentation order (None: the start)."""
         k = bisect.bisect_right(self._keyframes, ordinal)
@@ -566,6 +601,11 @@ class VideoReader:
             raise VideoTooLarge(
                 f"{self.name}: {width}x{height} video is over the size limit (long side "
                 f"<= {long_max} px, short side <= {short_max} px, <= {lim.max_pixels} pixels)"
+            )
+        if long > lim.max_aspect_ratio * short:
+            raise OverCostLimit(
+                f"{self.name}: {width}x{height} frames have an aspect ratio of "
+                f"{long / short:.0f}:1; at most {lim.max_aspect_ratio:g}:1"
             )
 
     def _too_long(self, actual: str, source: str = "") -> VideoTooLarge:
