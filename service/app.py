@@ -9,6 +9,7 @@ limit + one chunk, never buffered whole; multipart bodies are parsed from that s
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from typing import Literal
@@ -104,8 +105,8 @@ def create_app() -> FastAPI:
         svc = service(request)
         svc.require_task("classify")
         params = svc.check_params(ClassifyParams(top_k, temporal_clips, spatial_crops, sampling))
+        body, _ = await receive(request, svc)
         async with svc.admission():
-            body, _ = await read_upload(request, svc.settings.max_upload_bytes)
             return await svc.classify(body, params, start)
 
     @app.post(
@@ -152,15 +153,15 @@ def create_app() -> FastAPI:
                 ) from None
         params = DetectParams(times, parse_boxes(boxes), score_threshold, box_threshold)
         svc.check_detect_params(params)
+        body, form = await receive(request, svc, ("boxes",))
+        if "boxes" in form:
+            if boxes is not None:
+                raise problems.bad_parameters("boxes: send them as the form field or the "
+                                              "query parameter, not both")  # fmt: skip
+            params = svc.check_detect_params(
+                DetectParams(times, parse_boxes(form["boxes"]), score_threshold, box_threshold)
+            )
         async with svc.admission():
-            body, form = await read_upload(request, svc.settings.max_upload_bytes, ("boxes",))
-            if "boxes" in form:
-                if boxes is not None:
-                    raise problems.bad_parameters("boxes: send them as the form field or the "
-                                                  "query parameter, not both")  # fmt: skip
-                params = svc.check_detect_params(
-                    DetectParams(times, parse_boxes(form["boxes"]), score_threshold, box_threshold)
-                )
             return await svc.detect(body, params, start)
 
     return app
@@ -181,18 +182,46 @@ def video_body(**fields: dict) -> dict:
     }
 
 
-async def read_upload(
-    request: Request, limit: int, fields: tuple[str, ...] = ()
+async def receive(
+    request: Request, svc: VideoService, fields: tuple[str, ...] = ()
 ) -> tuple[bytes, dict[str, str]]:
-    """The video bytes of a multipart (`file` field) or raw body, refused past `limit` bytes,
-    and the multipart text fields named in `fields` that the body carries."""
+    """A request's upload, received within the service's upload limits (before admission)."""
+    s = svc.settings
+    async with svc.receiving():
+        return await read_upload(
+            request, s.max_upload_bytes, fields, s.min_upload_bytes_per_s, s.upload_grace_s
+        )
+
+
+async def read_upload(
+    request: Request,
+    limit: int,
+    fields: tuple[str, ...] = (),
+    min_rate: float | None = None,
+    grace_s: float = 0.0,
+) -> tuple[bytes, dict[str, str]]:
+    """The video bytes of a multipart (`file` field) or raw body, refused past `limit` bytes
+    (413) or once it falls behind `min_rate` bytes/s on average after `grace_s` (408), and the
+    multipart text fields named in `fields` that the body carries."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise problems.too_large(limit)
 
     async def counted():
-        seen = 0
-        async for chunk in request.stream():
+        seen, start = 0, time.monotonic()
+        chunks = request.stream().__aiter__()
+        while True:
+            wait = None
+            if min_rate is not None:  # the next chunk is due when the bytes so far run out
+                wait = max(0.0, start + grace_s + seen / min_rate - time.monotonic())
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), wait)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                raise problems.upload_too_slow(
+                    int(min_rate), seen, time.monotonic() - start
+                ) from None
             seen += len(chunk)
             if seen > limit:
                 raise problems.too_large(limit)

@@ -44,6 +44,11 @@ def too_large(limit: int) -> Problem:
     return Problem(413, "Upload too large", f"the upload exceeds the limit of {limit} bytes")
 
 
+def upload_too_slow(min_rate: int, received: int, seconds: float) -> Problem:
+    detail = f"{received} bytes in {seconds:.1f} s: a body must arrive at >= {min_rate} bytes/s"
+    return Problem(408, "Upload too slow", detail, headers={"Connection": "close"})
+
+
 def unsupported(detail: str) -> Problem:
     return Problem(415, "Not a decodable video", detail)
 
@@ -52,8 +57,8 @@ def bad_parameters(detail: str) -> Problem:
     return Problem(422, "Invalid parameters", detail)
 
 
-def overloaded(retry_after_s: int) -> Problem:
-    return Problem(503, "Service overloaded", "too many requests are queued; retry later",
+def overloaded(retry_after_s: int, what: str = "too many requests are queued") -> Problem:
+    return Problem(503, "Service overloaded", f"{what}; retry later",
                    headers={"Retry-After": str(retry_after_s)})  # fmt: skip
 
 

@@ -58,6 +58,13 @@ class ServiceSettings(BaseModel):
     # Requests admitted at once by an ingress replica (decoding + queued + in inference);
     # one more is answered 503 with Retry-After, so memory stays bounded under any load.
     max_pending_requests: int = Field(16, ge=1)
+    # Bodies are received before a request is admitted, so slow uploads hold no admission slot.
+    # Receiving: at most max_uploads bodies at once per ingress replica (then 503), each at
+    # min_upload_bytes_per_s on average once upload_grace_s has passed (else 408): a client
+    # trickling bytes is cut off within seconds, whatever its body's size.
+    max_uploads: int = Field(64, ge=1)
+    min_upload_bytes_per_s: int = Field(32 * 1024, ge=1)
+    upload_grace_s: float = Field(5.0, ge=0)
     retry_after_s: int = Field(1, ge=1)
     # Dynamic batching over views: a request with 3 views adds 3 to a batch.
     max_batch_size: int = Field(16, ge=1)

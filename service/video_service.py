@@ -125,6 +125,18 @@ class VideoService:
         self.metrics = metrics
         self.spec = ViewSpec.from_preprocess(info.preprocess)
         self.pending = 0
+        self.uploads = 0
+
+    @contextlib.asynccontextmanager
+    async def receiving(self):
+        """Room to receive one more body, or 503 with Retry-After past max_uploads."""
+        if self.uploads >= self.settings.max_uploads:
+            raise problems.overloaded(self.settings.retry_after_s, "too many uploads at once")
+        self.uploads += 1
+        try:
+            yield
+        finally:
+            self.uploads -= 1
 
     @contextlib.asynccontextmanager
     async def admission(self):

@@ -144,6 +144,60 @@ def test_unknown_paths_and_methods_are_problems(merged_model):
     assert r.headers["allow"] == "POST" and "allowed: POST" in r.json()["detail"]
 
 
+def test_slow_uploads_hold_no_admission_slot_and_are_cut_off(merged_model, synth_dir):
+    """Twice max_pending_requests clients trickle their bodies: every normal request sent
+    meanwhile is served, and each trickler gets 408 once it falls behind the minimum rate."""
+    client = local_client(merged_model, max_pending_requests=2, max_uploads=8,
+                          min_upload_bytes_per_s=2000, upload_grace_s=1.0)  # fmt: skip
+    video = next((synth_dir / "videos").rglob("*.mp4")).read_bytes()
+
+    async def trickle():
+        for _ in range(40):  # 10 bytes every 0.25 s: 40 bytes/s, for up to 10 s
+            yield b"\x00" * 10
+            await asyncio.sleep(0.25)
+
+    async def main():
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            headers = {"content-type": "video/mp4"}
+            start = time.monotonic()
+            slow = [asyncio.create_task(http.post("/classify", content=trickle(), headers=headers))
+                    for _ in range(4)]  # fmt: skip
+            await asyncio.sleep(0.3)  # the tricklers are receiving
+            normal = []
+            for _ in range(4):
+                normal.append(await http.post("/classify", content=video, headers=headers))
+            cut = await asyncio.gather(*slow)
+            return normal, cut, time.monotonic() - start
+
+    normal, cut, seconds = asyncio.run(main())
+    assert [r.status_code for r in normal] == [200] * 4, [r.text for r in normal]
+    assert [r.status_code for r in cut] == [408] * 4
+    assert cut[0].json()["title"] == "Upload too slow" and cut[0].headers["connection"] == "close"
+    assert seconds < 5  # cut off after the 1 s grace, not after the 10 s the bodies would take
+
+
+def test_too_many_uploads_at_once_are_503(merged_model):
+    client = local_client(merged_model, max_uploads=2, upload_grace_s=5.0)
+
+    async def stall():
+        yield b"\x00"
+        await asyncio.sleep(1.0)
+
+    async def main():
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            held = [asyncio.create_task(http.post("/classify", content=stall())) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            third = await http.post("/classify", content=b"\x00" * 100)
+            await asyncio.gather(*held)
+            return third
+
+    third = asyncio.run(main())
+    assert third.status_code == 503 and third.headers["retry-after"] == "1"
+    assert "too many uploads at once" in third.json()["detail"]
+
+
 def test_too_large_is_refused_while_streaming(merged_model):
     """At the ASGI level: the app stops pulling body chunks once the limit is passed."""
     client = local_client(merged_model, max_upload_bytes=65_536)
