@@ -44,7 +44,14 @@ def assigned_gpus() -> list:
     return ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
 
 
-@serve.deployment(name="Decoder", max_ongoing_requests=4)
+# Serve's controller health-checks each replica every health_check_period_s (default 10 s): a
+# replica that died is noticed at the next check, and /readyz (RayBackend.ready) follows the
+# controller. 2 s keeps an outage visible within the 5 s a load balancer is given; the timeout
+# stays long, since a replica busy with a long CPU batch answers its check only after it.
+HEALTH_CHECKS = {"health_check_period_s": 2.0, "health_check_timeout_s": 30.0}
+
+
+@serve.deployment(name="Decoder", max_ongoing_requests=4, **HEALTH_CHECKS)
 class DecodeDeployment:
     def __init__(self, settings: dict):
         s = ServiceSettings.model_validate(settings)
@@ -64,7 +71,7 @@ class DecodeDeployment:
         return await self.decoder.keyframe_clips(data, spec, times)
 
 
-@serve.deployment(name="Model", max_ongoing_requests=64)
+@serve.deployment(name="Model", max_ongoing_requests=64, **HEALTH_CHECKS)
 class ModelDeployment:
     def __init__(self, settings: dict):
         s = ServiceSettings.model_validate(settings)
@@ -146,14 +153,32 @@ class ModelDeployment:
         return self.runner.info
 
 
+def replicas_running(app: str, deployments: tuple[str, ...]) -> bool:
+    """Whether Serve's controller counts a running replica of each of `deployments`."""
+    status = serve.status().applications.get(app)
+    if status is None:
+        return False
+    return all(
+        status.deployments[name].replica_states.get("RUNNING", 0) > 0
+        for name in deployments
+        if name in status.deployments
+    )
+
+
 class RayBackend:
     """The ingress's view of the decode and model deployments."""
 
-    def __init__(self, decoder: DeploymentHandle, model: DeploymentHandle):
+    # How long a readiness answer from the controller is reused: /readyz stays cheap under
+    # a load balancer's polling, and an outage still shows within about a second.
+    READY_CACHE_S = 1.0
+
+    def __init__(self, decoder: DeploymentHandle, model: DeploymentHandle, app: str):
         self.decoder = decoder
         self.model = model
+        self.app = app
         self._card: dict | None = None
         self._ready = False
+        self._running = (0.0, False)  # (when asked, answer)
 
     async def classify(self, data: bytes, spec: ViewSpec, sampling: str) -> Inference:
         # The decode replica's response goes to the model unresolved: Ray moves the frames
@@ -168,15 +193,23 @@ class RayBackend:
         return await self.model.detect.remote(decoded, spec, boxes)
 
     async def ready(self) -> bool:
-        # Once warmed up, stay ready: a replica busy with a long CPU batch would otherwise
-        # time out here and be reported unready exactly when it is working. Ray Serve's own
-        # health checks restart a replica that dies.
+        """Warmed up once, and a model and a decode replica running as Serve's controller
+        counts them. Not a call to the model: a replica busy with a long CPU batch would time
+        out exactly when it is working. A replica that dies drops out of the controller's count
+        within a second or two, long before Serve has started its successor (~20 s)."""
         if not self._ready:
             try:
                 self._ready = await asyncio.wait_for(self.model.ready.remote(), timeout=5)
             except Exception:  # a replica that is starting or gone is simply not ready
                 return False
-        return self._ready
+        asked, running = self._running
+        if time.monotonic() - asked > self.READY_CACHE_S:
+            try:
+                running = await asyncio.to_thread(replicas_running, self.app, ("Model", "Decoder"))
+            except Exception:  # the controller itself unreachable: nothing is ready
+                running = False
+            self._running = (time.monotonic(), running)
+        return running
 
     async def model_card(self) -> dict:
         if self._card is None:
@@ -191,7 +224,8 @@ class Ingress:
         s = ServiceSettings.model_validate(settings)
         # Class names and preprocessing come from the model replica: only it reads the file.
         info = await model.checkpoint_info.remote()
-        self.service = VideoService(s, info, RayBackend(decoder, model), IngressMetrics())
+        app = serve.get_replica_context().app_name
+        self.service = VideoService(s, info, RayBackend(decoder, model, app), IngressMetrics())
 
     def __serve_build_asgi_app__(self):
         # Built per replica, after __init__, so the app holds this replica's service.

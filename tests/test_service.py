@@ -579,6 +579,33 @@ def test_ray_dashboard_queries_return_data_from_a_real_prometheus(ray_service, t
         prometheus.wait(timeout=30)
 
 
+def test_ray_readyz_goes_red_when_the_model_replica_dies_and_green_when_it_is_back(ray_service):
+    """Kill the model replica's actor (its process ends at once, as on a crash): /readyz answers
+    503 within 5 s (Serve takes ~20 s to replace the replica), then 200 again, and serves."""
+    import ray
+
+    base, _ = ray_service
+    assert httpx.get(f"{base}/readyz", timeout=30).status_code == 200
+    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["name"].startswith("SERVE_REPLICA::zeroi2v#Model#")]  # fmt: skip
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    killed, seen = time.monotonic(), []
+    while time.monotonic() - killed < 5:
+        seen.append(httpx.get(f"{base}/readyz", timeout=10).status_code)
+        if seen[-1] != 200:
+            break
+        time.sleep(0.2)
+    assert seen[-1] == 503, f"/readyz stayed {seen} for 5 s after the replica died"
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{base}/readyz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the model replica never came back"
+        time.sleep(0.5)
+    video = packaged_clip("bikes.mp4").read_bytes()
+    r = httpx.post(f"{base}/classify", content=video, headers={"content-type": "video/mp4"},
+                   timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text
+
+
 def test_placement_comes_from_the_settings_not_the_node_building_the_app(monkeypatch):
     """This machine has no GPU, as a cluster's head node may not: the model replicas still ask
     Ray for the GPUs the settings give, and decoding gets its own replicas and range."""
