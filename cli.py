@@ -176,6 +176,7 @@ def evaluate(
     from training.data import load_annotations, test_loader
     from training.evaluate import evaluate as run_eval
     from training.evaluate import write_report
+    from training.export import is_safetensors
 
     overrides = list(set_)
     if clips:
@@ -191,9 +192,11 @@ def evaluate(
         _fail(str(e))
     try:
         cfg = load_config(config, overrides)
-        if checkpoint.suffix == ".safetensors":
+        if is_safetensors(checkpoint):
             model = load_merged(checkpoint, device, base=base)
             class_names = read_info(checkpoint).class_names
+        elif base is not None:
+            _fail(f"{checkpoint}: a training checkpoint names its own base; drop --base")
         else:
             model, class_names, _ = ckpt_io.rebuild_model(ckpt_io.load(checkpoint))
             model = model.to(device).eval()
@@ -425,7 +428,8 @@ def demo_build(
     results = build(out)
     typer.echo(json.dumps(results, indent=1))
     for key in ("test_top1_fp32", "test_top1_fp16"):
-        typer.echo(f"{key}: built {results[key]:.4f}, shipped {shipped.get(key, 'none')}")
+        was = f"{shipped[key]:.4f}" if key in shipped else "none"
+        typer.echo(f"{key}: built {results[key]:.4f}, shipped {was}")
 
 
 if __name__ == "__main__":

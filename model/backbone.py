@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.factory import load_state_dict
 from open_clip.model import _build_vision_tower
-from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
 
 from model import dinov2
 
@@ -84,10 +84,13 @@ class PretrainedWeights:
 
 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the tensors by name: each name, dtype, shape and little-endian bytes."""
+    """SHA-256 over the tensors by name: each name, dtype, shape and little-endian bytes.
+    Floating tensors are hashed as float32, the dtype the model loads them in, so fp16 weights
+    and the same weights widened to fp32 agree."""
     digest = hashlib.sha256()
     for key in sorted(state):
-        t = state[key].detach().cpu().contiguous()
+        t = state[key].detach().cpu()
+        t = (t.float() if t.is_floating_point() else t).contiguous()
         digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
@@ -104,17 +107,19 @@ def create_visual(
     image_size: int,
     pretrained: str | PretrainedWeights | None = None,
     cache_dir: str | None = None,
+    quick_gelu: bool | None = None,
 ) -> VisionTransformer:
     """The open_clip visual tower `open_clip.create_model(name).visual`, with weights if asked:
-    `pretrained` names them (see the module doc) or is weights already read."""
-    vision, quick_gelu = vision_config(name, image_size)
+    `pretrained` names them (see the module doc) or is weights already read. `quick_gelu`: the
+    activation a saved model recorded (else the model config's, or its pretrained tag's)."""
+    vision, config_quick_gelu = vision_config(name, image_size)
     weights = pretrained
     if isinstance(pretrained, str):
         weights = read_pretrained(name, pretrained, cache_dir)
-    if weights is not None:
-        if weights.name != name:
-            raise BackboneError(f"weights of {weights.name!r} given for a {name!r} backbone")
-        quick_gelu = quick_gelu or weights.quick_gelu
+    if weights is not None and weights.name != name:
+        raise BackboneError(f"weights of {weights.name!r} given for a {name!r} backbone")
+    if quick_gelu is None:
+        quick_gelu = config_quick_gelu or (weights is not None and weights.quick_gelu)
     embed_dim = open_clip.get_model_config(name)["embed_dim"]
     visual = _build_vision_tower(embed_dim, vision, quick_gelu=quick_gelu)
     blocks = visual.transformer.resblocks
@@ -171,6 +176,12 @@ def _cached_file(tag_cfg: dict, cache_dir: str | None) -> Path | None:
     return None
 
 
+def uses_quick_gelu(visual: VisionTransformer) -> bool:
+    """Whether the tower's MLPs use OpenAI's QuickGELU (set by the model config or the
+    pretrained tag, not by the weights: saved models record it)."""
+    return isinstance(visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+
+
 def read_visual_state(path: Path) -> dict[str, torch.Tensor]:
     """The visual tower's tensors in a whole open_clip checkpoint, a visual-only state dict or a
     DINOv2 ONNX export, keyed as the tower's state dict."""
@@ -183,6 +194,12 @@ def read_visual_state(path: Path) -> dict[str, torch.Tensor]:
         raise BackboneError(f"cannot read pretrained checkpoint {path}: {e}") from e
     if not isinstance(state, dict) or not state:
         raise BackboneError(f"{path} does not hold a state dict")
+    other = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if other:
+        raise BackboneError(
+            f"{path} is not a state dict of tensors: {other[:5]} are not tensors (a training "
+            f"checkpoint? give the backbone's weights)"
+        )
     if any(k.startswith("visual.") for k in state):
         state = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
     return state

@@ -32,7 +32,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from model.adapters import adapters_of
-from model.backbone import BackboneError, PretrainedWeights, normalization, read_pretrained
+from model.backbone import (
+    BackboneError,
+    PretrainedWeights,
+    normalization,
+    read_pretrained,
+    uses_quick_gelu,
+)
 from model.config import ZeroI2VConfig
 from model.merge import merge_adapters
 from model.zeroi2v import ZeroI2V, build_model
@@ -56,6 +62,7 @@ class BaseIdentity:
     backbone: str
     pretrained: str
     sha256: str
+    quick_gelu: bool | None = None  # the model's activation (None: written before it was kept)
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,9 @@ class CheckpointInfo:
     format_version: int = FORMAT_VERSION
     format: str = FORMAT
     base: BaseIdentity | None = None  # adapter checkpoints only
+    # QuickGELU or GELU, as the model was built (a pretrained tag can set it; nothing in the
+    # weights says it). None: a file written before it was recorded; the config's default.
+    quick_gelu: bool | None = None
 
     @property
     def is_adapters(self) -> bool:
@@ -104,6 +114,7 @@ def save_merged(
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         **_common_metadata(cfg, names, preprocess),
+        "quick_gelu": json.dumps(uses_quick_gelu(model.backbone)),
     }
     return _write(tensors, metadata, path)
 
@@ -173,7 +184,12 @@ def save_adapters(
         tensors[key] = value
     if not tensors:
         raise ValueError("the model has no trainable tensors to save")
-    identity = {"backbone": base.name, "pretrained": base.source, "sha256": base.sha256}
+    identity = {
+        "backbone": base.name,
+        "pretrained": base.source,
+        "sha256": base.sha256,
+        "quick_gelu": uses_quick_gelu(model.backbone),
+    }
     metadata = {
         "format": ADAPTERS_FORMAT,
         "format_version": str(ADAPTERS_FORMAT_VERSION),
@@ -214,7 +230,7 @@ def load_merged(
         info = _info(path, f.metadata() or {})
         tensors = _tensors(path, f)
     cfg = info.config.model_copy(update={"pretrained": None, "num_adapters": 0})
-    model = build_model(cfg)
+    model = build_model(cfg, quick_gelu=info.quick_gelu)
     groups = {"backbone.": model.backbone, "head.": model.head}
     for prefix, module in groups.items():
         part = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -263,7 +279,7 @@ def load_adapters(path: str | os.PathLike, base: str | None = None) -> ZeroI2V:
             f"({recorded.backbone}, {recorded.pretrained!r})"
         )
     try:
-        model = build_model(info.config, weights=weights)
+        model = build_model(info.config, weights=weights, quick_gelu=recorded.quick_gelu)
     except BackboneError as e:
         raise CheckpointError(f"{path}: base {source!r} does not fit its config: {e}") from None
     expected = trained_tensors(model)
@@ -281,6 +297,12 @@ def load_adapters(path: str | os.PathLike, base: str | None = None) -> ZeroI2V:
     ]
     if wrong:
         raise CheckpointError(f"{path}: wrong tensor shapes: {', '.join(wrong[:3])}")
+    not_float = [f"{k} ({v.dtype})" for k, v in tensors.items() if not v.is_floating_point()]
+    if not_float:
+        raise CheckpointError(f"{path}: tensors that are not floating point: {not_float[:3]}")
+    not_finite = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+    if not_finite:
+        raise CheckpointError(f"{path}: tensors with NaN or infinite values: {not_finite[:3]}")
     with torch.no_grad():
         for key, value in tensors.items():
             expected[key].copy_(value)  # to the parameter's dtype (fp32) from fp16/bf16 storage
@@ -329,12 +351,34 @@ def _info(path: Path, meta: dict[str, str]) -> CheckpointInfo:
         config = ZeroI2VConfig.model_validate_json(meta.get("config", ""))
         class_names = json.loads(meta.get("class_names", "null"))
         preprocess = json.loads(meta.get("preprocess", "{}"))
-        base = BaseIdentity(**json.loads(meta["base"])) if kind == ADAPTERS_FORMAT else None
-    except (ValidationError, json.JSONDecodeError, KeyError, TypeError) as e:
+        quick_gelu = json.loads(meta["quick_gelu"]) if "quick_gelu" in meta else None
+        base = _base_identity(json.loads(meta["base"])) if kind == ADAPTERS_FORMAT else None
+    except (ValidationError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid metadata: {_first_lines(e)}") from e
     if not isinstance(class_names, list) or len(class_names) != config.num_classes:
         raise CheckpointError(f"{path}: class_names does not list {config.num_classes} classes")
-    return CheckpointInfo(config, [str(c) for c in class_names], preprocess, version, kind, base)
+    if not isinstance(preprocess, dict):
+        raise CheckpointError(f"{path}: invalid metadata: preprocess is not a JSON object")
+    if quick_gelu not in (None, True, False):
+        raise CheckpointError(f"{path}: invalid metadata: quick_gelu is {quick_gelu!r}")
+    if base is not None and base.backbone != config.backbone:
+        raise CheckpointError(
+            f"{path}: invalid metadata: base backbone {base.backbone!r} is not the config's "
+            f"{config.backbone!r}"
+        )
+    names = [str(c) for c in class_names]
+    return CheckpointInfo(config, names, preprocess, version, kind, base, quick_gelu)
+
+
+def _base_identity(d) -> BaseIdentity:
+    if not isinstance(d, dict):
+        raise ValueError("base is not a JSON object")
+    for key in ("backbone", "pretrained", "sha256"):
+        if not isinstance(d.get(key), str) or not d[key]:
+            raise ValueError(f"base.{key} is not a non-empty string")
+    if d.get("quick_gelu") not in (None, True, False):
+        raise ValueError("base.quick_gelu is not true or false")
+    return BaseIdentity(d["backbone"], d["pretrained"], d["sha256"], d.get("quick_gelu"))
 
 
 def _first_lines(e: Exception, n: int = 4) -> str:

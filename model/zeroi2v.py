@@ -177,11 +177,16 @@ def to_video_backbone(visual: VisionTransformer, cfg: ZeroI2VConfig) -> VisionTr
     return visual
 
 
-def build_model(cfg: ZeroI2VConfig, weights: PretrainedWeights | None = None) -> ZeroI2V:
+def build_model(
+    cfg: ZeroI2VConfig, weights: PretrainedWeights | None = None, quick_gelu: bool | None = None
+) -> ZeroI2V:
     """A ZeroI2V model for cfg.task: frozen (maybe pre-trained) backbone, trainable set per
     cfg.trainable. "detect" gives the ActionDetector subclass (model/detection.py).
-    `weights`: the base backbone already read (it replaces reading cfg.pretrained)."""
-    visual = create_visual(cfg.backbone, cfg.image_size, weights or cfg.pretrained)
+    `weights`: the base backbone already read (it replaces reading cfg.pretrained);
+    `quick_gelu`: the activation a saved model recorded (model/backbone.py create_visual)."""
+    visual = create_visual(
+        cfg.backbone, cfg.image_size, weights or cfg.pretrained, quick_gelu=quick_gelu
+    )
     if cfg.task == "detect":
         from model.detection import ActionDetector  # it subclasses ZeroI2V
 

