@@ -38,10 +38,15 @@ def create_app() -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, problems.http_exception_handler)
 
     @app.middleware("http")
-    async def _count(request: Request, call_next):
+    async def _headers_and_metrics(request: Request, call_next):
         start = time.perf_counter()
-        response = await call_next(request)
         svc = getattr(request.app.state, "service", None)
+        limit = svc.settings.max_header_bytes if svc is not None else None
+        size = sum(len(k) + len(v) + 4 for k, v in request.scope["headers"])  # ": " and CRLF
+        if limit is not None and size > limit:
+            response = problems.headers_too_large(size, limit).response(request.url.path)
+        else:
+            response = await call_next(request)
         if svc is not None and svc.metrics is not None:
             route = request.scope.get("route")
             endpoint = getattr(route, "path", "other")  # the template, never the raw URL
@@ -107,7 +112,7 @@ def create_app() -> FastAPI:
         params = svc.check_params(ClassifyParams(top_k, temporal_clips, spatial_crops, sampling))
         body, _ = await receive(request, svc)
         async with svc.admission():
-            return await svc.classify(body, params, start)
+            return await within_deadline(svc, svc.classify(body, params, start))
 
     @app.post(
         "/detect",
@@ -162,7 +167,7 @@ def create_app() -> FastAPI:
                 DetectParams(times, parse_boxes(form["boxes"]), score_threshold, box_threshold)
             )
         async with svc.admission():
-            return await svc.detect(body, params, start)
+            return await within_deadline(svc, svc.detect(body, params, start))
 
     return app
 
@@ -180,6 +185,14 @@ def video_body(**fields: dict) -> dict:
             "required": True,
         }
     }
+
+
+async def within_deadline(svc: VideoService, work):
+    """The answer of `work`, or 504 once it has taken request_timeout_s (and it is cancelled)."""
+    try:
+        return await asyncio.wait_for(work, svc.settings.request_timeout_s)
+    except asyncio.TimeoutError:
+        raise problems.timed_out(svc.settings.request_timeout_s) from None
 
 
 async def receive(

@@ -49,6 +49,17 @@ def upload_too_slow(min_rate: int, received: int, seconds: float) -> Problem:
     return Problem(408, "Upload too slow", detail, headers={"Connection": "close"})
 
 
+def headers_too_large(size: int, limit: int) -> Problem:
+    return Problem(431, "Request headers too large",
+                   f"the request headers take {size} bytes; at most {limit}",
+                   headers={"Connection": "close"})  # fmt: skip
+
+
+def timed_out(limit_s: float) -> Problem:
+    return Problem(504, "Request timed out", f"the service gives one request at most "
+                   f"{limit_s:g} s once its body is in")  # fmt: skip
+
+
 def unsupported(detail: str) -> Problem:
     return Problem(415, "Not a decodable video", detail)
 

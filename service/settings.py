@@ -63,6 +63,14 @@ class ServiceSettings(BaseModel):
     # min_upload_bytes_per_s on average once upload_grace_s has passed (else 408): a client
     # trickling bytes is cut off within seconds, whatever its body's size.
     max_uploads: int = Field(64, ge=1)
+    # Request headers, all together: past this, 431 before anything else. (Ray's HTTP proxy
+    # has no limit of its own and has already read them: put a reverse proxy with a limit in
+    # front in production, README "Security".)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
+    # The longest the service works on one request once its body is in, whatever the client
+    # asks: Ray's proxy obeys a client's x-request-timeout-seconds (<= 0 disables its timeout),
+    # so the bound is the app's own. 504 past it.
+    request_timeout_s: float = Field(120.0, gt=0)
     min_upload_bytes_per_s: int = Field(32 * 1024, ge=1)
     upload_grace_s: float = Field(5.0, ge=0)
     retry_after_s: int = Field(1, ge=1)

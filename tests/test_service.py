@@ -198,6 +198,25 @@ def test_too_many_uploads_at_once_are_503(merged_model):
     assert "too many uploads at once" in third.json()["detail"]
 
 
+def test_oversized_headers_are_431(merged_model):
+    client = local_client(merged_model, max_header_bytes=4096)
+    r = client.get("/readyz", headers={"x-padding": "a" * 5000})
+    assert r.status_code == 431 and r.headers["content-type"] == "application/problem+json"
+    assert "at most 4096" in r.json()["detail"]
+    assert client.get("/readyz", headers={"x-padding": "a" * 3000}).status_code == 200
+
+
+def test_a_request_past_its_deadline_is_504_whatever_the_client_asks(merged_model, synth_dir):
+    client = local_client(merged_model, delay_s=3.0, request_timeout_s=0.5)
+    video = next((synth_dir / "videos").rglob("*.mp4")).read_bytes()
+    start = time.monotonic()
+    headers = {"content-type": "video/mp4", "x-request-timeout-seconds": "-1"}
+    r = client.post("/classify", content=video, headers=headers)
+    assert r.status_code == 504 and r.json()["title"] == "Request timed out", r.text
+    assert time.monotonic() - start < 2.5
+    assert client.app.state.service.pending == 0  # the slot is free again
+
+
 def test_too_large_is_refused_while_streaming(merged_model):
     """At the ASGI level: the app stops pulling body chunks once the limit is passed."""
     client = local_client(merged_model, max_upload_bytes=65_536)
@@ -433,6 +452,10 @@ def test_ray_errors_are_problems(ray_service):
         assert r.status_code == status, r.text
         assert r.headers["content-type"] == "application/problem+json"
     assert httpx.post(f"{base}/classify?top_k=-1", content=b"x", timeout=30).status_code == 422
+    r = httpx.get(f"{base}/readyz", headers={"x-padding": "a" * 100_000}, timeout=30)
+    assert r.status_code == 431 and r.headers["content-type"] == "application/problem+json"
+    r = httpx.get(f"{base}/nowhere", timeout=30)
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
     r = httpx.post(f"{base}/detect", timeout=30)  # a classifier is served
     assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json"
 
