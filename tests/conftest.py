@@ -1,3 +1,9 @@
+import os
+
+# What `zeroi2v serve` does before Ray is imported (service/server.py start): Ray's own servers
+# on loopback. The test modules import Ray when they are collected, before any fixture runs.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 from pathlib import Path
 
 import pytest

@@ -99,3 +99,37 @@ def tiny_detect_config(ava_dir: Path, out_dir: Path, **train) -> Path:
         },
     }
     return _write_config(doc, out_dir, train)
+
+
+def listening_sockets() -> list[tuple[str, int, int | None]]:
+    """(address, port, pid) of every listening TCP socket on this machine, from /proc: no
+    external tool. pid is None where the socket's process is not ours to see."""
+    import ipaddress
+    import os
+
+    owners: dict[str, int] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    owners[target[8:-1]] = int(pid)
+        except OSError:  # gone, or not ours
+            continue
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state != "0A":  # LISTEN
+                    continue
+                hex_ip, hex_port = local.split(":")
+                raw = bytes.fromhex(hex_ip)
+                # The kernel prints each 32-bit word in host (little-endian) order.
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                ip = ipaddress.ip_address(raw)
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+                    ip = ip.ipv4_mapped
+                found.append((str(ip), int(hex_port, 16), owners.get(inode)))
+    return found

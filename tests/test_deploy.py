@@ -218,7 +218,5 @@ def test_the_image_serves_what_is_mounted_else_the_demo(env, args, tmp_path):
     environment.update({k: str(mounted) if v == "MOUNTED" else v for k, v in env.items()})
     out = subprocess.run([shell, flag, script], env=environment, capture_output=True, text=True)
     expected = args.replace("MOUNTED", str(mounted))
-    assert (
-        out.stdout.split()
-        == f"serve {expected} --host 0.0.0.0 --port 8000 --metrics-port 8080".split()
-    )
+    fixed = "--host 0.0.0.0 --port 8000 --metrics-host 0.0.0.0 --metrics-port 8080"
+    assert out.stdout.split() == f"serve {expected} {fixed}".split()

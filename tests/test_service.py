@@ -440,6 +440,39 @@ def test_ray_ready_and_real_videos(ray_service):
         assert r.json()["timings"]["total_ms"] > 0
 
 
+def test_ray_listens_on_loopback_only(ray_service):
+    """The local default: no port of Ray's (GCS, raylet, workers, agents, metrics) nor the
+    service's on any other interface (the HTTP address given here is loopback too), but one
+    that Ray 2.60 hard-codes: each Serve replica's inter-deployment gRPC server on [::]:0
+    (ray/serve/_private/replica.py), one per replica, which README "Security" says to firewall."""
+    import collections
+    import ipaddress
+    import os
+
+    from tests.helpers import listening_sockets
+
+    def command(pid: int | None) -> bytes:
+        if pid is None:
+            return b""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read()
+        except OSError:
+            return b""
+
+    open_, replica_servers = [], collections.Counter()
+    for ip, port, pid in listening_sockets():
+        rays = pid == os.getpid() or b"ray" in command(pid)  # this process is Ray's driver
+        if not rays or ipaddress.ip_address(ip).is_loopback:
+            continue
+        if command(pid).startswith(b"ray::ServeReplica") and ip == "::":
+            replica_servers[pid] += 1
+        else:
+            open_.append((ip, port, command(pid)[:40]))
+    assert not open_, f"Ray listens beyond loopback: {open_}"
+    assert set(replica_servers.values()) <= {1}
+
+
 def test_ray_errors_are_problems(ray_service):
     base, _ = ray_service
     cases = [
