@@ -1,0 +1,229 @@
+"""The service under a mixed hostile load, on the real Ray app (issue: hardening).
+
+    python benchmarks/soak.py [--model M] [--seconds 60] [--json out.json]
+
+Phases, one service: (1) unloaded: normal requests one at a time, their p95; (2) capacity:
+normal requests from 8 clients at once, the rate they are served at; (3) the hostile mix for
+--seconds: max_pending_requests clients trickling bodies at 64 bytes/s (reconnecting when cut
+off), requests at the per-request cost cap one after another, requests with 1 MiB headers, and
+normal requests at half the measured capacity; (4) 15 s of quiet. Reported: the normal
+requests' success rate and p95 during the mix against unloaded, what the hostile requests got,
+and memory as the summed RSS of Ray's HTTP proxy and every Serve replica before, at its peak
+during, and after. Targets (README): >= 95% of normal requests answered 200, their p95 <= 3x
+unloaded, memory after within 10% of before.
+
+The cost-cap video: flat 2160x2160 frames with a single keyframe, so tiny on disk, asked for
+with temporal_clips at max_views: its plan decodes almost every frame, sized to just under
+max_decode_megapixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from service.settings import ServiceSettings  # noqa: E402
+from training.demo import SHIPPED, write_clips  # noqa: E402
+
+SIDE = 2160
+
+
+def rss_mb() -> float:
+    """Summed RSS of Ray's HTTP proxy and every Serve replica (controller excluded)."""
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            if not cmd.startswith((b"ray::ProxyActor", b"ray::ServeReplica")):
+                continue
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else float("nan")
+
+
+def cost_cap_video(path: Path, settings: ServiceSettings) -> tuple[Path, int]:
+    """Flat frames, one keyframe: each of the plan's frames costs a full decode from frame 0
+    onwards, so a request decodes about all of them."""
+    frames = int(settings.max_decode_megapixels * 1e6 / (SIDE * SIDE) * 0.95)
+    flat = av.VideoFrame.from_ndarray(np.full((SIDE, SIDE, 3), 96, np.uint8), format="rgb24")
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width = stream.height = SIDE
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "veryfast", "x264-params": f"keyint={frames + 1}:scenecut=0"}
+        for _ in range(frames):
+            for packet in stream.encode(flat):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path, frames
+
+
+async def normal_request(client: httpx.AsyncClient, url: str, clip: bytes) -> tuple[int, float]:
+    start = time.perf_counter()
+    try:
+        r = await client.post(url, content=clip, headers={"content-type": "video/mp4"})
+        status = r.status_code
+    except httpx.HTTPError:
+        status = 0
+    return status, time.perf_counter() - start
+
+
+async def main(args) -> dict:
+    from service.server import start, stop
+
+    settings = ServiceSettings(model_path=str(args.model))
+    work = Path(tempfile.mkdtemp(prefix="soak-"))
+    clip = write_clips(work / "clips")[0].read_bytes()
+    heavy, heavy_frames = cost_cap_video(work / "cost_cap.mp4", settings)
+    heavy_bytes = heavy.read_bytes()
+    port = args.port
+    start({"model_path": str(args.model)}, port=port, metrics_port=args.metrics_port)
+    base = f"http://127.0.0.1:{port}"
+    url = f"{base}/classify"
+    report: dict = {"cost_cap_video": {"frames": heavy_frames, "side": SIDE,
+                                       "bytes": len(heavy_bytes)}}  # fmt: skip
+    try:
+        async with httpx.AsyncClient(timeout=300) as client:
+            for _ in range(3):  # warm
+                await normal_request(client, url, clip)
+            unloaded = [(await normal_request(client, url, clip))[1] for _ in range(30)]
+            report["unloaded_p95_s"] = p95(unloaded)
+            report["memory_before_mb"] = rss_mb()
+
+            t0, served = time.perf_counter(), 0
+            while time.perf_counter() - t0 < 15:
+                results = await asyncio.gather(
+                    *(normal_request(client, url, clip) for _ in range(8))
+                )
+                served += sum(1 for status, _ in results if status == 200)
+            capacity = served / (time.perf_counter() - t0)
+            report["capacity_per_s"] = capacity
+
+            stop_at = time.perf_counter() + args.seconds
+            peak = [report["memory_before_mb"]]
+            outcomes: dict[str, dict[int, int]] = {"slow": {}, "cost_cap": {}, "headers": {}}
+
+            def count(kind: str, status: int) -> None:
+                outcomes[kind][status] = outcomes[kind].get(status, 0) + 1
+
+            async def trickler():
+                async def body():
+                    while time.perf_counter() < stop_at:
+                        yield b"\x00" * 16
+                        await asyncio.sleep(0.25)
+
+                while time.perf_counter() < stop_at:
+                    async with httpx.AsyncClient(timeout=120) as own:
+                        try:
+                            r = await own.post(url, content=body(),
+                                               headers={"content-type": "video/mp4"})  # fmt: skip
+                            count("slow", r.status_code)
+                        except httpx.HTTPError:
+                            count("slow", 0)
+
+            async def cost_capped():
+                q = f"?temporal_clips={settings.max_views}"
+                while time.perf_counter() < stop_at:
+                    try:
+                        r = await client.post(url + q, content=heavy_bytes,
+                                              headers={"content-type": "video/mp4"})  # fmt: skip
+                        count("cost_cap", r.status_code)
+                    except httpx.HTTPError:
+                        count("cost_cap", 0)
+
+            async def big_headers():
+                while time.perf_counter() < stop_at:
+                    try:
+                        r = await client.get(f"{base}/readyz",
+                                             headers={"x-padding": "a" * 2**20})  # fmt: skip
+                        count("headers", r.status_code)
+                    except httpx.HTTPError:
+                        count("headers", 0)
+                    await asyncio.sleep(0.5)
+
+            async def sampler():
+                while time.perf_counter() < stop_at:
+                    peak.append(rss_mb())
+                    await asyncio.sleep(1.0)
+
+            async def normal_traffic() -> list[tuple[int, float]]:
+                interval, pending = 2.0 / capacity, []  # half the capacity, open loop
+                next_at = time.perf_counter()
+                while time.perf_counter() < stop_at:
+                    pending.append(asyncio.create_task(normal_request(client, url, clip)))
+                    next_at += interval
+                    await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                return await asyncio.gather(*pending)
+
+            slow = settings.max_pending_requests
+            hostile = [asyncio.create_task(trickler()) for _ in range(slow)]
+            hostile += [asyncio.create_task(cost_capped()), asyncio.create_task(big_headers()),
+                        asyncio.create_task(sampler())]  # fmt: skip
+            normal = await normal_traffic()
+            await asyncio.gather(*hostile)
+            ok = [s for s, _ in normal if s == 200]
+            report["normal"] = {
+                "sent": len(normal),
+                "rate_per_s": len(normal) / args.seconds,
+                "ok_fraction": len(ok) / max(1, len(normal)),
+                "statuses": {str(s): sum(1 for x, _ in normal if x == s) for s, _ in normal},
+                "p95_s": p95([t for s, t in normal if s == 200]),
+            }
+            report["normal"]["p95_over_unloaded"] = (
+                report["normal"]["p95_s"] / report["unloaded_p95_s"]
+            )
+            report["hostile"] = {k: {str(s): n for s, n in v.items()} for k, v in outcomes.items()}
+            report["memory_peak_mb"] = max(peak)
+            await asyncio.sleep(15)
+            report["memory_after_mb"] = rss_mb()
+            report["memory_after_over_before"] = (
+                report["memory_after_mb"] / report["memory_before_mb"]
+            )
+            r = await client.get(f"{base}/readyz")
+            report["ready_after"] = r.status_code
+    finally:
+        stop()
+    report["seconds"] = args.seconds
+    report["targets_met"] = {
+        "normal_ok >= 0.95": report["normal"]["ok_fraction"] >= 0.95,
+        "p95 <= 3x unloaded": report["normal"]["p95_over_unloaded"] <= 3,
+        "memory after within 10%": abs(report["memory_after_over_before"] - 1) <= 0.10,
+    }
+    return report
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=SHIPPED)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--port", type=int, default=8011)
+    parser.add_argument("--metrics-port", type=int, default=8091)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    result = asyncio.run(main(args))
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
