@@ -30,7 +30,7 @@ from ray.serve.handle import DeploymentHandle
 from model.checkpoint import CheckpointInfo
 from service.app import create_app
 from service.decoding import Decoded, Decoder
-from service.metrics import IngressMetrics, ModelMetrics
+from service.metrics import IngressMetrics, ModelMetrics, keep_fresh
 from service.model_runner import ModelRunner
 from service.settings import ServiceSettings
 from service.video_service import DetectInference, Inference, VideoService, boxes_per_clip
@@ -73,7 +73,7 @@ class DecodeDeployment:
 
 @serve.deployment(name="Model", max_ongoing_requests=64, **HEALTH_CHECKS)
 class ModelDeployment:
-    def __init__(self, settings: dict):
+    async def __init__(self, settings: dict):
         s = ServiceSettings.model_validate(settings)
         torch.set_num_threads(s.torch_threads or os.cpu_count() or 1)
         # A GPU this replica can see but was not given (model_gpus: 0) is not its to use.
@@ -87,6 +87,7 @@ class ModelDeployment:
         self.detect_clips.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
         self.metrics = ModelMetrics()
         self.waiting = 0
+        self._gauges = keep_fresh(lambda: self.metrics.queue_depth.set(self.waiting))
         seconds = self.runner.warm_up()
         logging.getLogger("ray.serve").info(
             "model warmed up in %.1f s on %s (%s, compile %s; seconds per batch size: %s)",
@@ -226,6 +227,7 @@ class Ingress:
         info = await model.checkpoint_info.remote()
         app = serve.get_replica_context().app_name
         self.service = VideoService(s, info, RayBackend(decoder, model, app), IngressMetrics())
+        self._gauges = keep_fresh(self.service.refresh_gauges)
 
     def __serve_build_asgi_app__(self):
         # Built per replica, after __init__, so the app holds this replica's service.

@@ -9,6 +9,26 @@ see one replica per scrape; this endpoint sees all of them. Ray prefixes every n
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
+# Ray exports a gauge only while it is being set: one left alone ages out of the endpoint after
+# two export intervals, so an idle service's gauges vanished instead of reading 0. Replicas set
+# theirs again this often (service/server.py also shortens Ray's export interval to 2 s).
+GAUGE_REFRESH_S = 1.0
+
+
+def keep_fresh(refresh: Callable[[], None], period_s: float = GAUGE_REFRESH_S) -> asyncio.Task:
+    """Call `refresh` every `period_s` on the running loop, for as long as the replica lives."""
+
+    async def loop() -> None:
+        while True:
+            refresh()
+            await asyncio.sleep(period_s)
+
+    return asyncio.get_running_loop().create_task(loop())
+
+
 # Seconds-long video work: from a few ms (a cached short clip on GPU) to a minute (a long upload
 # decoded on CPU).
 LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]

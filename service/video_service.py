@@ -144,14 +144,14 @@ class VideoService:
         if self.pending >= self.settings.max_pending_requests:
             raise problems.overloaded(self.settings.retry_after_s)
         self.pending += 1
-        self._gauge()
+        self.refresh_gauges()
         try:
             yield
         finally:
             self.pending -= 1
-            self._gauge()
+            self.refresh_gauges()
 
-    def _gauge(self) -> None:
+    def refresh_gauges(self) -> None:
         if self.metrics:
             self.metrics.set_in_flight(self.pending)
 

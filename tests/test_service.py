@@ -543,6 +543,19 @@ def test_ray_concurrent_requests_batch_and_metrics(ray_service, synth_dir):
     assert sum(counts) > sum(sizes)  # some batches held more than one view
 
 
+def test_ray_gauges_stay_exported_while_idle(ray_service):
+    """Ray drops a gauge nobody sets for two export intervals: the replicas keep setting theirs,
+    so an idle service reads 0 in flight and 0 queued instead of no series at all."""
+    base, metrics_url = ray_service
+    assert httpx.get(f"{base}/readyz", timeout=30).status_code == 200
+    time.sleep(8)  # idle: four export intervals of 2 s
+    text = httpx.get(metrics_url, timeout=10).text
+    for name in ("ray_zeroi2v_in_flight_requests", "ray_zeroi2v_queue_depth"):
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith(name + "{")]  # fmt: skip
+        assert values and set(values) == {0.0}, (name, values)
+
+
 def test_ray_full_queue_answers_503_end_to_end(ray_service):
     """Past max_pending_requests (16) the ingress answers 503 with Retry-After at once, while
     the admitted requests go through the decode replicas and the model and succeed."""
