@@ -5,7 +5,8 @@
 Phases, one service: (1) unloaded: normal requests one at a time, their p95; (2) capacity:
 normal requests from 8 clients at once, the rate they are served at; (3) the hostile mix for
 --seconds: max_pending_requests clients trickling bodies at 64 bytes/s (reconnecting when cut
-off), requests at the per-request cost cap one after another, requests with 1 MiB headers, and
+off), requests at the per-request cost cap (one every --cost-cap-every s), requests with 1 MiB
+headers twice a second, and
 normal requests at half the measured capacity; (4) 15 s of quiet. Reported: the normal
 requests' success rate and p95 during the mix against unloaded, what the hostile requests got,
 and memory as the summed RSS of Ray's HTTP proxy and every Serve replica before, at its peak
@@ -41,20 +42,24 @@ from training.demo import SHIPPED, write_clips  # noqa: E402
 SIDE = 2160
 
 
-def rss_mb() -> float:
-    """Summed RSS of Ray's HTTP proxy and every Serve replica (controller excluded)."""
-    total = 0
+def rss_mb() -> dict[str, float]:
+    """RSS of Ray's HTTP proxy and of the Serve replicas by deployment (controller excluded),
+    and their sum ("total"), in MB."""
+    by_kind: dict[str, float] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read()
-            if not cmd.startswith((b"ray::ProxyActor", b"ray::ServeReplica")):
+                cmd = f.read().split(b"\x00")[0].decode()
+            if not cmd.startswith(("ray::ProxyActor", "ray::ServeReplica")):
                 continue
             with open(f"/proc/{pid}/status") as f:
-                total += next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
+                kb = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
         except (OSError, StopIteration):
             continue
-    return total / 1024
+        kind = cmd.rsplit(":", 1)[-1] if "ServeReplica" in cmd else "Proxy"
+        by_kind[kind] = by_kind.get(kind, 0.0) + kb / 1024
+    by_kind["total"] = sum(by_kind.values())
+    return {k: round(v, 1) for k, v in sorted(by_kind.items())}
 
 
 def p95(values: list[float]) -> float:
@@ -121,7 +126,7 @@ async def main(args) -> dict:
             report["capacity_per_s"] = capacity
 
             stop_at = time.perf_counter() + args.seconds
-            peak = [report["memory_before_mb"]]
+            peak = [report["memory_before_mb"]["total"]]
             outcomes: dict[str, dict[int, int]] = {"slow": {}, "cost_cap": {}, "headers": {}}
 
             def count(kind: str, status: int) -> None:
@@ -143,14 +148,19 @@ async def main(args) -> dict:
                             count("slow", 0)
 
             async def cost_capped():
-                q = f"?temporal_clips={settings.max_views}"
-                while time.perf_counter() < stop_at:
+                async def one():
                     try:
                         r = await client.post(url + q, content=heavy_bytes,
                                               headers={"content-type": "video/mp4"})  # fmt: skip
                         count("cost_cap", r.status_code)
                     except httpx.HTTPError:
                         count("cost_cap", 0)
+
+                q, sent = f"?temporal_clips={settings.max_views}", []
+                while time.perf_counter() < stop_at:  # open loop: one every --cost-cap-every s
+                    sent.append(asyncio.create_task(one()))
+                    await asyncio.sleep(args.cost_cap_every)
+                await asyncio.gather(*sent)
 
             async def big_headers():
                 while time.perf_counter() < stop_at:
@@ -164,7 +174,7 @@ async def main(args) -> dict:
 
             async def sampler():
                 while time.perf_counter() < stop_at:
-                    peak.append(rss_mb())
+                    peak.append(rss_mb()["total"])
                     await asyncio.sleep(1.0)
 
             async def normal_traffic() -> list[tuple[int, float]]:
@@ -198,7 +208,7 @@ async def main(args) -> dict:
             await asyncio.sleep(15)
             report["memory_after_mb"] = rss_mb()
             report["memory_after_over_before"] = (
-                report["memory_after_mb"] / report["memory_before_mb"]
+                report["memory_after_mb"]["total"] / report["memory_before_mb"]["total"]
             )
             r = await client.get(f"{base}/readyz")
             report["ready_after"] = r.status_code
@@ -217,6 +227,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=SHIPPED)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--cost-cap-every", type=float, default=4.0,
+                        help="seconds between requests at the cost cap")  # fmt: skip
     parser.add_argument("--port", type=int, default=8011)
     parser.add_argument("--metrics-port", type=int, default=8091)
     parser.add_argument("--json", type=Path)
