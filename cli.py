@@ -399,7 +399,7 @@ def serve(
         serve_forever(
             {"model_path": str(path), "base": base}, host, port, metrics_port, metrics_host
         )
-    except ValueError as e:  # invalid ZEROI2V_* settings or metrics host
+    except (ValueError, RuntimeError) as e:  # invalid settings or metrics host; Ray imported early
         _fail(str(e))
 
 

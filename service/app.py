@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from service import problems
 from service.problems import Problem
@@ -42,7 +43,9 @@ def create_app() -> FastAPI:
         start = time.perf_counter()
         svc = getattr(request.app.state, "service", None)
         limit = svc.settings.max_header_bytes if svc is not None else None
-        size = sum(len(k) + len(v) + 4 for k, v in request.scope["headers"])  # ": " and CRLF
+        scope = request.scope
+        size = sum(len(k) + len(v) + 4 for k, v in scope["headers"])  # ": " and CRLF
+        size += len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         if limit is not None and size > limit:
             response = problems.headers_too_large(size, limit).response(request.url.path)
         else:
@@ -225,12 +228,18 @@ async def read_upload(
         chunks = request.stream().__aiter__()
         while True:
             wait = None
-            if min_rate is not None:  # the next chunk is due when the bytes so far run out
-                wait = max(0.0, start + grace_s + seen / min_rate - time.monotonic())
+            if min_rate is not None:
+                # The next chunk is due when the bytes so far no longer cover the time spent
+                # at min_rate, and never more than grace_s after the last one: a burst does not
+                # buy a long silence.
+                now = time.monotonic()
+                wait = max(0.0, min(start + grace_s + seen / min_rate - now, grace_s))
             try:
                 chunk = await asyncio.wait_for(chunks.__anext__(), wait)
             except StopAsyncIteration:
                 return
+            except ClientDisconnect:
+                raise problems.client_disconnected() from None
             except asyncio.TimeoutError:
                 raise problems.upload_too_slow(
                     int(min_rate), seen, time.monotonic() - start

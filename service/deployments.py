@@ -160,10 +160,21 @@ def replicas_running(app: str, deployments: tuple[str, ...]) -> bool:
     if status is None:
         return False
     return all(
-        status.deployments[name].replica_states.get("RUNNING", 0) > 0
+        name in status.deployments and status.deployments[name].replica_states.get("RUNNING", 0) > 0
         for name in deployments
-        if name in status.deployments
     )
+
+
+async def cancelling(*responses):
+    """The last response's result; if the wait is cancelled (a request past its deadline), the
+    responses are cancelled too, so the decoder and the model's queue drop the work. (Ray
+    cancels them by itself only when the HTTP request is.)"""
+    try:
+        return await responses[-1]
+    except asyncio.CancelledError:
+        for response in responses:
+            response.cancel()
+        raise
 
 
 class RayBackend:
@@ -180,18 +191,19 @@ class RayBackend:
         self._card: dict | None = None
         self._ready = False
         self._running = (0.0, False)  # (when asked, answer)
+        self._asking = asyncio.Lock()
 
     async def classify(self, data: bytes, spec: ViewSpec, sampling: str) -> Inference:
         # The decode replica's response goes to the model unresolved: Ray moves the frames
         # from one replica to the other, and a decode error surfaces here.
         decoded = self.decoder.clips.remote(data, spec, sampling)
-        return await self.model.classify.remote(decoded, spec)
+        return await cancelling(decoded, self.model.classify.remote(decoded, spec))
 
     async def detect(
         self, data: bytes, spec: ViewSpec, times: list[float] | None, boxes: dict
     ) -> DetectInference:
         decoded = self.decoder.keyframe_clips.remote(data, spec, times)
-        return await self.model.detect.remote(decoded, spec, boxes)
+        return await cancelling(decoded, self.model.detect.remote(decoded, spec, boxes))
 
     async def ready(self) -> bool:
         """Warmed up once, and a model and a decode replica running as Serve's controller
@@ -205,11 +217,15 @@ class RayBackend:
                 return False
         asked, running = self._running
         if time.monotonic() - asked > self.READY_CACHE_S:
-            try:
-                running = await asyncio.to_thread(replicas_running, self.app, ("Model", "Decoder"))
-            except Exception:  # the controller itself unreachable: nothing is ready
-                running = False
-            self._running = (time.monotonic(), running)
+            async with self._asking:  # one question to the controller at a time
+                asked, running = self._running
+                if time.monotonic() - asked > self.READY_CACHE_S:
+                    check = asyncio.to_thread(replicas_running, self.app, ("Model", "Decoder"))
+                    try:
+                        running = await asyncio.wait_for(check, timeout=2.0)
+                    except Exception:  # the controller slow or unreachable: not ready
+                        running = False
+                    self._running = (time.monotonic(), running)
         return running
 
     async def model_card(self) -> dict:
@@ -218,7 +234,10 @@ class RayBackend:
         return self._card
 
 
-@serve.deployment(name="Ingress", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+INGRESS_HEADROOM = 16  # requests beyond the app's own limits: health checks, /v1/model
+
+
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class Ingress:
     async def __init__(self, decoder: DeploymentHandle, model: DeploymentHandle, settings: dict):
@@ -272,4 +291,12 @@ def build_app(args: dict) -> serve.Application:
             "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
         },
     ).bind(settings)
-    return Ingress.bind(decoder, model, settings)
+    # Ray counts a request against the ingress from the moment it arrives, body still being
+    # read: room for every body being received and every admitted request, plus health checks,
+    # so the app's own 503s (max_uploads, max_pending_requests) are what clients see. Past
+    # that, Ray queues at most a few more and answers 503 itself.
+    ingress = Ingress.options(
+        max_ongoing_requests=s.max_uploads + s.max_pending_requests + INGRESS_HEADROOM,
+        max_queued_requests=INGRESS_HEADROOM,
+    )
+    return ingress.bind(decoder, model, settings)

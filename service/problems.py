@@ -49,6 +49,10 @@ def upload_too_slow(min_rate: int, received: int, seconds: float) -> Problem:
     return Problem(408, "Upload too slow", detail, headers={"Connection": "close"})
 
 
+def client_disconnected() -> Problem:
+    return Problem(400, "Client disconnected", "the connection closed before the upload ended")
+
+
 def headers_too_large(size: int, limit: int) -> Problem:
     return Problem(431, "Request headers too large",
                    f"the request headers take {size} bytes; at most {limit}",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK = ("127.0.0.1", "localhost")  # Ray's loopback is IPv4
 ALL_INTERFACES = ("0.0.0.0", "::")
 
 

@@ -56,12 +56,14 @@ class ServiceSettings(BaseModel):
     model_gpus: float = Field(1.0, ge=0)
     model_cpus: float = Field(1.0, ge=0)
     # Requests admitted at once by an ingress replica (decoding + queued + in inference);
-    # one more is answered 503 with Retry-After, so memory stays bounded under any load.
+    # one more is answered 503 with Retry-After, so the work in flight stays bounded.
     max_pending_requests: int = Field(16, ge=1)
     # Bodies are received before a request is admitted, so slow uploads hold no admission slot.
     # Receiving: at most max_uploads bodies at once per ingress replica (then 503), each at
     # min_upload_bytes_per_s on average once upload_grace_s has passed (else 408): a client
-    # trickling bytes is cut off within seconds, whatever its body's size.
+    # trickling bytes, or going silent for upload_grace_s, is cut off within seconds. Memory for
+    # bodies is bounded by (max_uploads + max_pending_requests) x max_upload_bytes per ingress
+    # replica (8 GB at the defaults: lower max_upload_bytes or max_uploads where that is much).
     max_uploads: int = Field(64, ge=1)
     # Request headers, all together: past this, 431 before anything else. (Ray's HTTP proxy
     # has no limit of its own and has already read them: put a reverse proxy with a limit in

@@ -177,6 +177,49 @@ def test_slow_uploads_hold_no_admission_slot_and_are_cut_off(merged_model, synth
     assert seconds < 5  # cut off after the 1 s grace, not after the 10 s the bodies would take
 
 
+def test_a_burst_does_not_buy_a_silence(merged_model):
+    """The rate is averaged since the start, but no gap may exceed the grace: 20 kB at once,
+    then nothing, is cut off after upload_grace_s, not after 20 kB / min_rate."""
+    client = local_client(merged_model, min_upload_bytes_per_s=2000, upload_grace_s=0.5)
+
+    async def burst_then_silence():
+        yield b"\x00" * 20_000
+        await asyncio.sleep(5)
+        yield b"\x00"
+
+    async def main():
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            start = time.monotonic()
+            r = await http.post("/classify", content=burst_then_silence())
+            return r, time.monotonic() - start
+
+    r, seconds = asyncio.run(main())
+    assert r.status_code == 408 and seconds < 2, (r.status_code, seconds)
+
+
+def test_a_client_gone_mid_upload_is_a_problem_not_a_500(merged_model):
+    client = local_client(merged_model)
+    messages = iter([{"type": "http.request", "body": b"\x00" * 100, "more_body": True},
+                     {"type": "http.disconnect"}])  # fmt: skip
+    sent = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/classify", "raw_path": b"/classify", "query_string": b"",
+        "root_path": "", "headers": [(b"content-type", b"video/mp4")],
+        "client": ("t", 1), "server": ("t", 80),
+    }  # fmt: skip
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 400
+
+
 def test_too_many_uploads_at_once_are_503(merged_model):
     client = local_client(merged_model, max_uploads=2, upload_grace_s=5.0)
 
@@ -204,6 +247,7 @@ def test_oversized_headers_are_431(merged_model):
     assert r.status_code == 431 and r.headers["content-type"] == "application/problem+json"
     assert "at most 4096" in r.json()["detail"]
     assert client.get("/readyz", headers={"x-padding": "a" * 3000}).status_code == 200
+    assert client.get("/readyz?x=" + "a" * 5000).status_code == 431  # the request line counts
 
 
 def test_a_request_past_its_deadline_is_504_whatever_the_client_asks(merged_model, synth_dir):
@@ -696,6 +740,10 @@ def test_placement_comes_from_the_settings_not_the_node_building_the_app(monkeyp
     options = d["Decoder"].ray_actor_options
     assert (options["num_cpus"], options["num_gpus"]) == (2, 0.25)
     assert d["Ingress"].ray_actor_options["num_cpus"] == 0
+    # Ray counts a request from its arrival, body still coming: room for every upload and
+    # every admitted request, so the app's 503s are what clients see, then Ray's own.
+    ingress = d["Ingress"]._deployment_config
+    assert ingress.max_ongoing_requests == 64 + 16 + 16 and ingress.max_queued_requests == 16
     with pytest.raises(ValueError, match="decode_max_replicas"):
         build_app({"model_path": "/m.safetensors", "decode_replicas": 4, "decode_max_replicas": 2})
     # Locally (`zeroi2v serve`): a decode replica per core, the model where this machine
@@ -711,3 +759,44 @@ def test_placement_comes_from_the_settings_not_the_node_building_the_app(monkeyp
         build_app({"model_path": "/m.safetensors", "decode_device": "cuda"})
     monkeypatch.setenv("ZEROI2V_DECODE_REPLICAS", "3")
     assert "decode_replicas" not in local_defaults({"model_path": "/m"})
+
+
+def test_a_cancelled_wait_cancels_the_ray_responses():
+    """A request past its deadline: the decode and model responses are cancelled with it."""
+    from service.deployments import cancelling
+
+    class Response:
+        def __init__(self, forever: bool):
+            self.forever, self.cancelled = forever, False
+
+        def __await__(self):
+            return asyncio.sleep(3600 if self.forever else 0).__await__()
+
+        def cancel(self):
+            self.cancelled = True
+
+    decoded, inference = Response(False), Response(True)
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(cancelling(decoded, inference), 0.05)
+
+    asyncio.run(main())
+    assert decoded.cancelled and inference.cancelled
+
+
+def test_readiness_needs_a_running_replica_of_each_deployment(monkeypatch):
+    from types import SimpleNamespace as NS
+
+    from service import deployments
+
+    def status(model_running: int, with_decoder: bool = True):
+        deps = {"Model": NS(replica_states={"RUNNING": model_running})}
+        if with_decoder:
+            deps["Decoder"] = NS(replica_states={"RUNNING": 2})
+        return NS(applications={"zeroi2v": NS(deployments=deps)})
+
+    for state, expected in [(status(1), True), (status(0), False), (status(1, False), False)]:
+        monkeypatch.setattr(deployments.serve, "status", lambda s=state: s)
+        assert deployments.replicas_running("zeroi2v", ("Model", "Decoder")) is expected
+    assert deployments.replicas_running("other", ("Model",)) is False

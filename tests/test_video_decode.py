@@ -401,6 +401,18 @@ def test_a_read_that_would_decode_too_much_is_refused_before_decoding(long_mp4):
         assert reader.frames_decoded == before  # nothing was decoded
 
 
+def test_decoding_past_the_budget_stops_even_when_the_plan_was_under_it(long_mp4):
+    """A damaged file can take more decoding than its plan (retries from earlier keyframes):
+    the frames actually decoded count against the same budget."""
+    info = probe(long_mp4)
+    with VideoReader(long_mp4, DecodeLimits(max_decoded_pixels=5 * info.width * info.height)) as r:
+        r.frames_to_decode = lambda targets: 1  # a plan that underestimates
+        with pytest.raises(OverCostLimit, match="decoding went past 5 frames"):
+            r.read([9])
+    with VideoReader(long_mp4) as reader:  # no budget by default: training reads what it has
+        assert ordinals_of(reader.read([0, 299])) == [0, 299]
+
+
 def test_duration_and_frame_limits(clips):
     for codec in ("libx264", "libvpx-vp9"):  # mp4 states its length; webm is counted
         with pytest.raises(VideoTooLarge, match=r"lasts .*3\.0 s|more than 2"):

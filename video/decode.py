@@ -85,14 +85,20 @@ class DecodeLimits:
     # side of 224 makes each 224x430080; and a long GOP of 4K frames, which compress to almost
     # nothing when flat, makes every target cost hundreds of decoded frames.
     max_aspect_ratio: float = 8.0  # long side / short side
-    max_decoded_pixels: int = 4_000_000_000  # per read: frames it decodes x their pixels
+    # Per read: frames it decodes x their pixels. None here (training and evaluation read what
+    # the dataset holds); the service sets one (service/decoding.py).
+    max_decoded_pixels: int | None = None
 
     def __post_init__(self):
         if not self.max_aspect_ratio >= 1:
             raise ValueError(
                 f"DecodeLimits.max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}"
             )
-        for name in ("max_width", "max_height", "max_frames", "max_pixels", "max_decoded_pixels"):
+        if self.max_decoded_pixels is not None and self.max_decoded_pixels < 1:
+            raise ValueError(
+                f"DecodeLimits.max_decoded_pixels must be >= 1, got {self.max_decoded_pixels}"
+            )
+        for name in ("max_width", "max_height", "max_frames", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DecodeLimits.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_duration_s", "timeout_s"):
@@ -167,6 +173,7 @@ class VideoReader:
         self.device = device
         self.hardware = False  # whether NVDEC decodes this video (see _open)
         self.frames_decoded = 0
+        self._budget: tuple[int, int] | None = None  # (frames_decoded at the read's start, frames)
         self.seeks = 0
         self._container = None
         self._transform: FrameTransform | None = None
@@ -431,16 +438,25 @@ class VideoReader:
         return frames
 
     def frames_to_decode(self, targets: list[int]) -> int:
-        """At most how many frames decoding the sorted unique ordinals `targets` takes: from
-        each group's keyframe to its last target (unreferenced frames skipped or not)."""
+        """How many frames decoding the sorted unique ordinals `targets` plans: from each
+        group's keyframe to its last target. A damaged file can take more (retries from an
+        earlier keyframe, a second pass): the read counts those against the budget as well."""
         if self._sequential or not self._keyframes:
             return targets[-1] + 1
         return sum(g[-1] - (self._keyframe_before(g[0]) or 0) + 1 for g in self._groups(targets))
 
     def _check_cost(self, targets: list[int]) -> None:
+        """Refuse a read whose plan is over the budget, and arm the count that stops one whose
+        decoding goes over it all the same."""
+        limit = self.limits.max_decoded_pixels
+        self._budget = None
+        if limit is None:
+            return
+        per_frame = self.info.width * self.info.height
+        self._budget = (self.frames_decoded, limit // per_frame)
         frames = self.frames_to_decode(targets)
-        pixels = frames * self.info.width * self.info.height
-        if pixels > self.limits.max_decoded_pixels:
+        pixels = frames * per_frame
+        if pixels > limit:
             raise OverCostLimit(
                 f"{self.name}: this request needs up to {frames} frames of "
                 f"{self.info.width}x{self.info.height} decoded ({pixels / 1e6:.4g} megapixels; "
@@ -524,6 +540,12 @@ class VideoReader:
                 continue
             for frame in decoded:
                 self.frames_decoded += 1
+                if self._budget and self.frames_decoded - self._budget[0] > self._budget[1]:
+                    raise OverCostLimit(
+                        f"{self.name}: decoding went past {self._budget[1]} frames, this "
+                        f"request's budget of {self.limits.max_decoded_pixels / 1e6:.4g} "
+                        f"megapixels (a damaged file decoded again from earlier keyframes?)"
+                    )
                 self._check_size(frame.width, frame.height)
                 trusted = trusted or frame.key_frame
                 yield frame, trusted and not frame.is_corrupt
