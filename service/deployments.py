@@ -87,6 +87,8 @@ class ModelDeployment:
         self.detect_clips.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
         self.metrics = ModelMetrics()
         self.waiting = 0
+        cpu = self.runner.device.type == "cpu"
+        self.views_per_round = s.views_per_round or (2 if cpu else s.max_batch_size)
         self._gauges = keep_fresh(lambda: self.metrics.queue_depth.set(self.waiting))
         seconds = self.runner.warm_up()
         logging.getLogger("ray.serve").info(
@@ -122,9 +124,8 @@ class ModelDeployment:
         given = boxes_per_clip(decoded.times, boxes)
         self.waiting += len(clips)
         self.metrics.queue_depth.set(self.waiting)
-        results = await asyncio.gather(
-            *(self.detect_clips((c, b)) for c, b in zip(clips, given, strict=True))
-        )
+        pairs = list(zip(clips, given, strict=True))
+        results = await in_rounds(self.detect_clips, pairs, self.views_per_round)
         return DetectInference(
             actors=[r[0] for r in results],
             inference_ms=max(r[1] for r in results) * 1e3,
@@ -136,7 +137,7 @@ class ModelDeployment:
         views = self.runner.views(decoded.clips, spec)
         self.waiting += len(views)
         self.metrics.queue_depth.set(self.waiting)
-        results = await asyncio.gather(*(self.infer_views(v) for v in views))
+        results = await in_rounds(self.infer_views, views, self.views_per_round)
         return Inference(
             probabilities=torch.stack([r[0] for r in results]).mean(0),
             inference_ms=max(r[1] for r in results) * 1e3,
@@ -163,6 +164,17 @@ def replicas_running(app: str, deployments: tuple[str, ...]) -> bool:
         name in status.deployments and status.deployments[name].replica_states.get("RUNNING", 0) > 0
         for name in deployments
     )
+
+
+async def in_rounds(batched, items: list, per_round: int) -> list:
+    """`batched(item)` for every item, `per_round` at a time, each round once the last is done:
+    a request's 30 views then share every batch with the requests behind them instead of
+    filling whole batches ahead of them."""
+    results = []
+    for start in range(0, len(items), per_round):
+        part = items[start : start + per_round]
+        results += await asyncio.gather(*(batched(item) for item in part))
+    return results
 
 
 async def cancelling(*responses):

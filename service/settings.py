@@ -80,6 +80,12 @@ class ServiceSettings(BaseModel):
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_views: int = Field(30, ge=1)
+    # A request's views (key-frame clips) enter the model's batch queue this many at a time,
+    # each round after the last: requests share batches instead of queueing behind a big one
+    # (benchmarks/README.md, the soak). None: 2 on a CPU, where a full batch takes seconds;
+    # the whole request at once on a GPU, where it takes milliseconds and rounds would only
+    # add latency.
+    views_per_round: int | None = Field(None, ge=1)
     max_top_k: int = Field(100, ge=1)
     # /detect: key frames per request (its clips batch like views) and boxes per key frame.
     max_keyframes: int = Field(32, ge=1)

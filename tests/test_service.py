@@ -800,3 +800,20 @@ def test_readiness_needs_a_running_replica_of_each_deployment(monkeypatch):
         monkeypatch.setattr(deployments.serve, "status", lambda s=state: s)
         assert deployments.replicas_running("zeroi2v", ("Model", "Decoder")) is expected
     assert deployments.replicas_running("other", ("Model",)) is False
+
+
+def test_a_requests_views_reach_the_batcher_a_round_at_a_time():
+    from service.deployments import in_rounds
+
+    pending, most = 0, 0
+
+    async def batched(item):
+        nonlocal pending, most
+        pending += 1
+        most = max(most, pending)
+        await asyncio.sleep(0.01)
+        pending -= 1
+        return item * 10
+
+    assert asyncio.run(in_rounds(batched, list(range(7)), 2)) == [0, 10, 20, 30, 40, 50, 60]
+    assert most == 2
