@@ -68,6 +68,15 @@ TIMINGS = {"decode_ms", "decode_wait_ms", "queue_ms", "inference_ms", "total_ms"
            "frames_used"}  # fmt: skip
 
 
+# A raw video POST /classify at the ASGI level, for tests that drive the body themselves.
+POST_CLASSIFY = {
+    "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+    "scheme": "http", "path": "/classify", "raw_path": b"/classify", "query_string": b"",
+    "root_path": "", "headers": [(b"content-type", b"video/mp4")],
+    "client": ("t", 1), "server": ("t", 80),
+}  # fmt: skip
+
+
 def local_client(model: Path, delay_s: float = 0.0, **settings) -> TestClient:
     s = ServiceSettings(model_path=str(model), **settings)
     runner = ModelRunner(str(model), max_batch_size=2)
@@ -210,13 +219,7 @@ def test_a_client_gone_mid_upload_is_a_problem_not_a_500(merged_model):
     async def send(message):
         sent.append(message)
 
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/classify", "raw_path": b"/classify", "query_string": b"",
-        "root_path": "", "headers": [(b"content-type", b"video/mp4")],
-        "client": ("t", 1), "server": ("t", 80),
-    }  # fmt: skip
-    asyncio.run(client.app(scope, receive, send))
+    asyncio.run(client.app(dict(POST_CLASSIFY), receive, send))  # the app adds keys
     assert sent[0]["status"] == 400
 
 
@@ -273,13 +276,7 @@ def test_too_large_is_refused_while_streaming(merged_model):
     async def send(message):
         sent.append(message)
 
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/classify", "raw_path": b"/classify", "query_string": b"",
-        "root_path": "", "headers": [(b"content-type", b"video/mp4")],
-        "client": ("t", 1), "server": ("t", 80),
-    }  # fmt: skip
-    asyncio.run(app(scope, receive, send))
+    asyncio.run(app(dict(POST_CLASSIFY), receive, send))  # the app adds keys
     assert sent[0]["status"] == 413
     assert len(pulled) <= 6  # 65_536 / 16_384 + 1, not the whole 1.6 MB body
 
