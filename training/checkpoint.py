@@ -18,6 +18,7 @@ import torch
 
 from model import ZeroI2V, ZeroI2VConfig, build_model
 from model.backbone import PretrainedWeights, read_pretrained
+from model.checkpoint import trained_tensors
 
 FORMAT = "zeroi2v.train"
 FORMAT_VERSION = 1
@@ -28,14 +29,11 @@ class TrainCheckpointError(ValueError):
 
 
 def model_state(model: ZeroI2V) -> dict[str, torch.Tensor]:
-    """The tensors a checkpoint must carry to rebuild `model` from its config."""
-    keep_all = model.cfg.pretrained is None  # a random backbone is not reproducible from config
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {
-        k: v.detach().cpu().clone()
-        for k, v in model.state_dict().items()
-        if keep_all or k in trainable
-    }
+    """The tensors a checkpoint must carry to rebuild `model` from its config: what trains
+    (model/checkpoint.py trained_tensors, also what an adapter checkpoint holds), or all of
+    them when the backbone was randomly initialised, which its config cannot reproduce."""
+    tensors = model.state_dict() if model.cfg.pretrained is None else trained_tensors(model)
+    return {k: v.detach().cpu().clone() for k, v in tensors.items()}
 
 
 def rng_state() -> dict:
