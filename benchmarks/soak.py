@@ -84,14 +84,28 @@ def cost_cap_video(path: Path, settings: ServiceSettings) -> tuple[Path, int]:
     return path, frames
 
 
-async def normal_request(client: httpx.AsyncClient, url: str, clip: bytes) -> tuple[int, float]:
+STAGES = ("decode_wait_ms", "decode_ms", "queue_ms", "inference_ms")
+
+
+async def normal_request(
+    client: httpx.AsyncClient, url: str, clip: bytes, stages: list[dict] | None = None
+) -> tuple[int, float]:
+    """(status, seconds); with `stages`, a 200's timings by stage are appended to it."""
     start = time.perf_counter()
     try:
         r = await client.post(url, content=clip, headers={"content-type": "video/mp4"})
         status = r.status_code
+        if status == 200 and stages is not None:
+            timings = r.json()["timings"]
+            stages.append({k: timings[k] for k in STAGES})
     except httpx.HTTPError:
         status = 0
     return status, time.perf_counter() - start
+
+
+def stage_p95s(stages: list[dict]) -> dict[str, float]:
+    """Each stage's p95 over the requests, in seconds: where a slow request's time went."""
+    return {k: round(p95([s[k] / 1e3 for s in stages]), 3) for k in STAGES}
 
 
 async def main(args) -> dict:
@@ -112,8 +126,12 @@ async def main(args) -> dict:
         async with httpx.AsyncClient(timeout=300) as client:
             for _ in range(3):  # warm
                 await normal_request(client, url, clip)
-            unloaded = [(await normal_request(client, url, clip))[1] for _ in range(30)]
+            unloaded_stages: list[dict] = []
+            unloaded = [
+                (await normal_request(client, url, clip, unloaded_stages))[1] for _ in range(30)
+            ]
             report["unloaded_p95_s"] = p95(unloaded)
+            report["unloaded_stage_p95_s"] = stage_p95s(unloaded_stages)
             report["memory_before_mb"] = rss_mb()
 
             t0, served = time.perf_counter(), 0
@@ -181,11 +199,14 @@ async def main(args) -> dict:
                 interval, pending = 2.0 / capacity, []  # half the capacity, open loop
                 next_at = time.perf_counter()
                 while time.perf_counter() < stop_at:
-                    pending.append(asyncio.create_task(normal_request(client, url, clip)))
+                    pending.append(
+                        asyncio.create_task(normal_request(client, url, clip, normal_stages))
+                    )
                     next_at += interval
                     await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
                 return await asyncio.gather(*pending)
 
+            normal_stages: list[dict] = []
             slow = settings.max_pending_requests
             hostile = [asyncio.create_task(trickler()) for _ in range(slow)]
             hostile += [asyncio.create_task(cost_capped()), asyncio.create_task(big_headers()),
@@ -199,6 +220,7 @@ async def main(args) -> dict:
                 "ok_fraction": len(ok) / max(1, len(normal)),
                 "statuses": {str(s): sum(1 for x, _ in normal if x == s) for s, _ in normal},
                 "p95_s": p95([t for s, t in normal if s == 200]),
+                "stage_p95_s": stage_p95s(normal_stages),
             }
             report["normal"]["p95_over_unloaded"] = (
                 report["normal"]["p95_s"] / report["unloaded_p95_s"]
