@@ -13,17 +13,20 @@ reported apart from the time it takes.
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import io
+import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
 
 from service.settings import ServiceSettings
-from video.decode import DecodeLimits, resolve_decode_device
-from video.views import ViewSpec, decode_clips, decode_keyframe_clips
+from video.decode import DecodeLimits, VideoReader, resolve_decode_device
+from video.views import ClipPlan, ViewSpec, clips_plan, keyframe_clips_plan
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Decoded:
     decode_ms: float  # decoding, converting and resizing
     wait_ms: float  # waiting for a worker inside the decode replica (routing waits: queue_ms)
     decoder: str  # which decode replica
+    low_priority: bool = False  # decoded at low priority (over low_priority_megapixels)
 
     def stats(self) -> Decoded:
         """The same without the frames: what travels back with the model's answer."""
@@ -81,50 +85,108 @@ def _glibc():
 _LIBC = _glibc()
 
 
+def close_opened(opening: Future) -> None:
+    """Close the reader of an open_and_plan whose caller has gone."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result()[0].close()
+
+
+def lower_priority() -> None:
+    """Run the calling thread only on cores nothing else wants (Linux's SCHED_IDLE; elsewhere
+    nothing). A process cannot raise a thread's priority again without privileges, so the
+    threads this is called in serve costly work only, for their whole life."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+
+
 class Decoder:
+    """Decodes uploads into uint8 clips in worker threads. A video opens and plans its clips in
+    a normal worker; if the plan decodes more than `low_priority_megapixels`, the decoding
+    itself runs in a low-priority worker: a costly request takes the cores that cheap ones
+    leave free instead of slowing them and the model (with a request at the cost cap every
+    20 s, the p95 of the others went from 4.1x to ...x their unloaded p95, benchmarks/README).
+    Under sustained full load such a request waits, up to decode_timeout_s."""
+
     def __init__(self, settings: ServiceSettings, name: str = "local", gpu: bool | None = None):
         self.name = name
         self.limits = decode_limits(settings)
         self.max_keyframes = settings.max_keyframes
+        self.low_priority_pixels = settings.low_priority_megapixels * 10**6
         # Resolved here, in the process that decodes (gpu: whether it was given one; None:
         # whether torch sees one): a replica without a GPU fails at start when cuda is forced,
         # instead of on every request.
         self.device = resolve_decode_device(settings.decode_device, gpu)
-        self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        workers = settings.decode_workers
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        self.low_priority = ThreadPoolExecutor(
+            workers, thread_name_prefix="decode-low", initializer=lower_priority
+        )
 
-    async def _run(self, fn, *args, **kwargs) -> Decoded:
-        queued = time.perf_counter()
+    async def _run(self, data: bytes, make_plan: Callable[[VideoReader], ClipPlan]) -> Decoded:
+        waited = ran = 0.0
 
-        def timed():
-            started = time.perf_counter()
+        def timed(fn):
+            queued = time.perf_counter()
+
+            def run():
+                nonlocal waited, ran
+                started = time.perf_counter()
+                waited += started - queued
+                try:
+                    return fn()
+                finally:
+                    ran += time.perf_counter() - started
+
+            return run
+
+        def open_and_plan():
+            reader = VideoReader(io.BytesIO(data), self.limits, self.device)
             try:
-                return started, fn(*args, **kwargs), time.perf_counter()
+                return reader, make_plan(reader)
+            except BaseException:
+                reader.close()
+                raise
+
+        def read():
+            try:
+                return plan.read(reader)
             finally:
+                reader.close()
                 release_free_memory()
 
-        loop = asyncio.get_running_loop()
-        started, out, done = await loop.run_in_executor(self.pool, timed)
+        opening = self.pool.submit(timed(open_and_plan))
+        try:
+            reader, plan = await asyncio.wrap_future(opening)
+        except asyncio.CancelledError:
+            # A worker already opening the video finishes; the reader it opens is closed then.
+            opening.add_done_callback(close_opened)
+            raise
+        costly = plan.decoded_pixels(reader) > self.low_priority_pixels
+        pool = self.low_priority if costly else self.pool
+        # Cancelled from here, the read still runs to its end in its worker (threads cannot be
+        # stopped), which closes the reader.
+        out = await asyncio.wrap_future(pool.submit(timed(read)))
         return Decoded(
             clips=out.clips,
             times=out.times,
             frames_decoded=out.frames_decoded,
             frames_used=out.clips.shape[0] * out.clips.shape[1],
             hardware=out.hardware,
-            decode_ms=(done - started) * 1e3,
-            wait_ms=(started - queued) * 1e3,
+            decode_ms=ran * 1e3,
+            wait_ms=waited * 1e3,
             decoder=self.name,
+            low_priority=costly,
         )
 
     async def clips(self, data: bytes, spec: ViewSpec, sampling: str = "exact") -> Decoded:
         """Classification: the test-time clips of `spec`, short side resized to its size."""
-        fn = functools.partial(decode_clips, device=self.device, sampling=sampling)
-        return await self._run(fn, io.BytesIO(data), spec, self.limits)
+        return await self._run(data, lambda reader: clips_plan(reader, spec, sampling))
 
     async def keyframe_clips(
         self, data: bytes, spec: ViewSpec, times: list[float] | None
     ) -> Decoded:
         """Detection: the clip around each key-frame time (None: 1 Hz), frames resized to S x S."""
         return await self._run(
-            decode_keyframe_clips, io.BytesIO(data), spec, times, self.limits, self.max_keyframes,
-            device=self.device,
-        )  # fmt: skip
+            data, lambda reader: keyframe_clips_plan(reader, spec, times, self.max_keyframes)
+        )

@@ -327,7 +327,11 @@ class VideoService:
 
 
 def decoder_card(decoded: Decoded) -> dict:
-    return {"replica": decoded.decoder, "device": "cuda" if decoded.hardware else "cpu"}
+    return {
+        "replica": decoded.decoder,
+        "device": "cuda" if decoded.hardware else "cpu",
+        "priority": "low" if decoded.low_priority else "normal",
+    }
 
 
 def check_box(t: float, box) -> None:

@@ -17,7 +17,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from model.backbone import OPENAI_MEAN, OPENAI_STD
-from video.decode import DecodeLimits, Source, VideoInfo, VideoReader
+from video.decode import DecodeLimits, FrameTransform, Source, VideoInfo, VideoReader
 from video.sampling import SamplingSpec, keyframe_clip, snap_to_keyframes
 
 
@@ -185,7 +185,43 @@ class DecodedClips:
     times: list[float] | None = None  # key-frame clips: the time of each
 
 
+@dataclass(frozen=True)
+class ClipPlan:
+    """Which frames make which clip, and how each frame is resized as it is decoded: made from
+    an open reader before anything past its first frame is decoded, so a caller can weigh the
+    cost (`decoded_pixels`) before paying it (the service decodes costly plans at low priority).
+    """
+
+    clips: list[list[int]]  # frame ordinals, clip by clip
+    transform: FrameTransform
+    times: list[float] | None = None  # key-frame clips: the time of each
+
+    def decoded_pixels(self, reader: VideoReader) -> int:
+        """Pixels the decoder will produce for this plan (VideoReader.decoded_pixels)."""
+        return reader.decoded_pixels(sorted({i for clip in self.clips for i in clip}))
+
+    def read(self, reader: VideoReader) -> DecodedClips:
+        """The frames of the plan in one read, each transformed as it is decoded, as (clips, T,
+        3, H, W) uint8 with what the read cost."""
+        frames = reader.read([i for clip in self.clips for i in clip], transform=self.transform)
+        clips = frames.unflatten(0, (len(self.clips), len(self.clips[0])))
+        return DecodedClips(clips, reader.info, reader.frames_decoded, reader.hardware, self.times)
+
+
 SAMPLING_MODES = ("exact", "fast")
+
+
+def clips_plan(reader: VideoReader, spec: ViewSpec, sampling: str = "exact") -> ClipPlan:
+    """The test-time clips of `spec` for the video `reader` has open, frames resized to a short
+    side of the view size. sampling="fast" moves each frame to a keyframe at most half a frame
+    gap away when there is one (see snap_to_keyframes): fewer frames to decode, at some cost in
+    accuracy."""
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"sampling is {' or '.join(SAMPLING_MODES)}, not {sampling!r}")
+    plan = spec.sampling.plan(reader.info.num_frames, train=False)
+    if sampling == "fast":
+        plan = snap_to_keyframes(plan, reader.keyframes)
+    return ClipPlan(plan, functools.partial(resize_short_side, size=spec.image_size))
 
 
 def decode_clips(
@@ -195,30 +231,13 @@ def decode_clips(
     device: str = "cpu",
     sampling: str = "exact",
 ) -> DecodedClips:
-    """The test-time clips of a video, short side resized to the view size, as uint8: what
-    views_from_clips turns into the model's views. One decoding pass, each frame converted and
-    resized as it comes out of the decoder, so no full-size frame is kept.
-
-    sampling="fast" moves each frame to a keyframe at most half a frame gap away when there is
-    one (see snap_to_keyframes): fewer frames to decode, at some cost in accuracy.
-    """
-    if sampling not in SAMPLING_MODES:
+    """The test-time clips of a video (clips_plan), short side resized to the view size,
+    as uint8: what views_from_clips turns into the model's views. One decoding pass, each frame
+    converted and resized as it comes out of the decoder, so no full-size frame is kept."""
+    if sampling not in SAMPLING_MODES:  # before the file is opened
         raise ValueError(f"sampling is {' or '.join(SAMPLING_MODES)}, not {sampling!r}")
     with VideoReader(source, limits, device) as reader:
-        plan = spec.sampling.plan(reader.info.num_frames, train=False)
-        if sampling == "fast":
-            plan = snap_to_keyframes(plan, reader.keyframes)
-        return read_clips(reader, plan, functools.partial(resize_short_side, size=spec.image_size))
-
-
-def read_clips(
-    reader: VideoReader, plan: list[list[int]], transform, times: list[float] | None = None
-) -> DecodedClips:
-    """The frames of `plan` (clips of ordinals) in one read, each transformed as it is decoded,
-    as (clips, T, 3, H, W) uint8 with what the read cost."""
-    frames = reader.read([i for clip in plan for i in clip], transform=transform)
-    clips = frames.unflatten(0, (len(plan), len(plan[0])))
-    return DecodedClips(clips, reader.info, reader.frames_decoded, reader.hardware, times)
+        return clips_plan(reader, spec, sampling).read(reader)
 
 
 def load_views(
@@ -259,6 +278,38 @@ def detection_views(clips: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
     return normalize(clips, spec.mean, spec.std).permute(0, 2, 1, 3, 4)
 
 
+def keyframe_clips_plan(
+    reader: VideoReader,
+    spec: ViewSpec,
+    timestamps: Sequence[float] | None = None,
+    max_keyframes: int | None = None,
+) -> ClipPlan:
+    """For each key-frame time (seconds; default 1 Hz), the clip centred on it, each whole
+    frame resized to S x S as detection_view does. More than `max_keyframes` times (a long
+    video's 1 Hz default) is refused before any frame is decoded."""
+    info = reader.info
+    times = list(timestamps) if timestamps is not None else default_keyframes(info.duration_s)
+    if not times:
+        raise TimestampError("no key-frame times")
+    if max_keyframes is not None and len(times) > max_keyframes:
+        raise TimestampError(
+            f"{len(times)} key frames (1 Hz over {info.duration_s:.1f} s); at most "
+            f"{max_keyframes}: send `timestamps`"
+        )
+    plan = []
+    for t in times:
+        # The last frame starts before duration_s; allow up to its end.
+        if not 0 <= t <= info.duration_s:
+            raise TimestampError(
+                f"key frame at {t} s is outside the video (0 to {info.duration_s:.3f} s)"
+            )
+        centre = min(round(t * info.fps), info.num_frames - 1)
+        s = spec.sampling
+        plan.append(keyframe_clip(centre, info.num_frames, s.num_frames, s.interval))
+    size = [spec.image_size, spec.image_size]
+    return ClipPlan(plan, functools.partial(TF.resize, size=size, antialias=True), times)
+
+
 def decode_keyframe_clips(
     source: Source,
     spec: ViewSpec,
@@ -267,31 +318,7 @@ def decode_keyframe_clips(
     max_keyframes: int | None = None,
     device: str = "cpu",
 ) -> DecodedClips:
-    """For each key-frame time (seconds; default 1 Hz), the clip centred on it, each whole
-    frame resized to S x S as detection_view does, as uint8 (K, T, 3, S, S), with the times.
-    One decoding pass; a frame shared by clips is decoded once. More than `max_keyframes`
-    times (a long video's 1 Hz default) is refused before any frame is decoded."""
+    """The key-frame clips of keyframe_clips_plan as uint8 (K, T, 3, S, S), with the times.
+    One decoding pass; a frame shared by clips is decoded once."""
     with VideoReader(source, limits, device) as reader:
-        info = reader.info
-        times = list(timestamps) if timestamps is not None else default_keyframes(info.duration_s)
-        if not times:
-            raise TimestampError("no key-frame times")
-        if max_keyframes is not None and len(times) > max_keyframes:
-            raise TimestampError(
-                f"{len(times)} key frames (1 Hz over {info.duration_s:.1f} s); at most "
-                f"{max_keyframes}: send `timestamps`"
-            )
-        plan = []
-        for t in times:
-            # The last frame starts before duration_s; allow up to its end.
-            if not 0 <= t <= info.duration_s:
-                raise TimestampError(
-                    f"key frame at {t} s is outside the video (0 to {info.duration_s:.3f} s)"
-                )
-            centre = min(round(t * info.fps), info.num_frames - 1)
-            s = spec.sampling
-            plan.append(keyframe_clip(centre, info.num_frames, s.num_frames, s.interval))
-        size = [spec.image_size, spec.image_size]
-        return read_clips(
-            reader, plan, functools.partial(TF.resize, size=size, antialias=True), times
-        )
+        return keyframe_clips_plan(reader, spec, timestamps, max_keyframes).read(reader)
