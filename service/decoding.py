@@ -103,10 +103,10 @@ def lower_priority() -> None:
 class Decoder:
     """Decodes uploads into uint8 clips in worker threads. A video opens and plans its clips in
     a normal worker; if the plan decodes more than `low_priority_megapixels`, the decoding
-    itself runs in a low-priority worker: a costly request takes the cores that cheap ones
-    leave free instead of slowing them and the model (with a request at the cost cap every
-    20 s, the p95 of the others went from 4.1x to ...x their unloaded p95, benchmarks/README).
-    Under sustained full load such a request waits, up to decode_timeout_s."""
+    itself runs in a low-priority worker: a costly request takes the cycles that cheap ones and
+    the model leave free instead of slowing them (beside a busy decoder, a CPU model batch took
+    1.8-1.9x its time at normal priority, 0.9-1.1x at idle priority: benchmarks/README.md).
+    Under sustained full load such a request can run into decode_timeout_s."""
 
     def __init__(self, settings: ServiceSettings, name: str = "local", gpu: bool | None = None):
         self.name = name
