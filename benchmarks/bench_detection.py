@@ -27,6 +27,7 @@ import torch
 from harness import train_arm
 
 from model import load_merged
+from model.detection import detect_actors
 from training.config import load_config
 from training.detection import evaluate_detection, keyframe_loader, load_ava
 from training.synth_ava import write_synthetic_ava
@@ -52,8 +53,8 @@ def max_score_difference(model, merged, loader) -> float:
     """Same clips, same (ground-truth) boxes: the largest |AVA score| change from merging."""
     worst = 0.0
     for clips, targets, _ in loader:
-        a = model.detect(clips, targets.boxes)
-        b = merged.detect(clips, targets.boxes)
+        a = detect_actors(model, clips, targets.boxes)
+        b = detect_actors(merged, clips, targets.boxes)
         for x, y in zip(a, b, strict=True):
             worst = max(worst, float((x.scores - y.scores).abs().max()))
     return worst

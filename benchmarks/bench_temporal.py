@@ -28,7 +28,7 @@ import torch
 from harness import train_arm, video_list_overrides
 
 from model import load_merged
-from model.zeroi2v import video_probabilities
+from model.classification import video_probabilities
 from training.arrow_of_time import CLASS_NAMES as ARROW_CLASSES
 from training.arrow_of_time import write_arrow_dataset
 from training.config import load_config

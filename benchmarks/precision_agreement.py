@@ -20,8 +20,9 @@ import time
 import torch
 
 from model import load_merged, read_info
+from model.classification import video_probabilities
+from model.detection import detect_actors
 from model.precision import inference_dtype
-from model.zeroi2v import video_probabilities
 from training.config import load_config
 
 
@@ -78,7 +79,7 @@ def detection(args, cfg, device) -> dict:
             a.action_probs
             for clips, targets, _ in batches
             if clips is not None
-            for a in model.detect(clips.to(device), targets.boxes)
+            for a in detect_actors(model, clips.to(device), targets.boxes)
         ]
         probs = torch.cat(on_truth)
         row = {

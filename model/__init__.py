@@ -3,7 +3,8 @@
 from model.checkpoint import CheckpointError, load_merged, read_info, save_merged
 from model.config import ZeroI2VConfig, paper_preset
 from model.merge import merge_adapters
-from model.zeroi2v import ZeroI2V, build_model
+from model.tasks import build_model
+from model.zeroi2v import ZeroI2V
 
 __all__ = [
     "CheckpointError",

@@ -41,7 +41,8 @@ from model.backbone import (
 )
 from model.config import ZeroI2VConfig
 from model.merge import merge_adapters
-from model.zeroi2v import ZeroI2V, build_model
+from model.tasks import build_model
+from model.zeroi2v import ZeroI2V
 
 FORMAT = "zeroi2v.merged"
 FORMAT_VERSION = 1

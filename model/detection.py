@@ -2,7 +2,8 @@
 
 Data flow: frames (B, 3, T, H, W) -> the same video transformer as classification (STDHA,
 adapters, merged the same way) -> last-block patch tokens after ln_post, (B, T, h, w, d) ->
-mean over T -> one feature map (B, d, h, w) for the clip's key frame. Two heads read it:
+mean over T -> one feature map (B, d, h, w) for the clip's key frame
+(VideoTokens.key_frame_map). The DetectionHead's two parts read it:
 
   ActionHead      RoIAlign (roi_size x roi_size) per actor box, max-pool, dropout, linear:
                   one logit per action, sigmoid (an actor can sit and talk at once).
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
-from model.zeroi2v import ZeroI2V
+from model.config import ZeroI2VConfig
+from model.zeroi2v import VideoTokens, ZeroI2V
 
 
 class ActionHead(nn.Module):
@@ -155,13 +157,6 @@ def localiser_targets(boxes: list[torch.Tensor], grid: tuple[int, int]):
     )
 
 
-class DetectionHead(nn.Module):
-    def __init__(self, dim: int, num_actions: int, roi_size: int, dropout: float):
-        super().__init__()
-        self.actions = ActionHead(dim, num_actions, roi_size, dropout)
-        self.localiser = ActorLocaliser(dim)
-
-
 @dataclass
 class ActorDetections:
     """One clip's actors: boxes (K, 4) normalised, box scores (K,), action probabilities (K, A).
@@ -176,34 +171,37 @@ class ActorDetections:
         return self.box_scores[:, None] * self.action_probs
 
 
-class ActionDetector(ZeroI2V):
-    """ZeroI2V with the detection head: forward(frames, boxes) -> (action logits, box maps)."""
+class DetectionHead(nn.Module):
+    """forward(tokens, boxes) -> (action logits (sum K_b, actions), localiser maps (B, 5, h, w))."""
 
-    def make_head(self, width: int) -> nn.Module:
-        cfg = self.cfg
-        return DetectionHead(width, cfg.num_classes, cfg.roi_size, cfg.head_dropout)
+    # The box used wherever a detection model needs an example input (FLOPs, export, warm-up).
+    EXAMPLE_BOX = (0.25, 0.25, 0.75, 0.75)
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 3, T, H, W) -> the key frame's map (B, d, h, w): patch tokens averaged over T."""
-        b, _, t, height, width = x.shape
-        tokens = self.backbone.ln_post(self.forward_tokens(x))
-        patch = self.backbone.patch_size
-        h, w = height // patch[0], width // patch[1]
-        patches = tokens[:, -h * w :]  # the class token comes first
-        return patches.reshape(b, t, h, w, -1).mean(1).permute(0, 3, 1, 2)
+    def __init__(self, dim: int, num_actions: int, roi_size: int, dropout: float):
+        super().__init__()
+        self.actions = ActionHead(dim, num_actions, roi_size, dropout)
+        self.localiser = ActorLocaliser(dim)
+
+    @classmethod
+    def from_config(cls, cfg: ZeroI2VConfig, width: int) -> DetectionHead:
+        return cls(width, cfg.num_classes, cfg.roi_size, cfg.head_dropout)
 
     def forward(
-        self, x: torch.Tensor, boxes: list[torch.Tensor]
+        self, tokens: VideoTokens, boxes: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if len(boxes) != x.shape[0]:
-            raise ValueError(f"{len(boxes)} box lists for {x.shape[0]} clips")
-        fmap = self.feature_map(x)
-        return self.head.actions(fmap, boxes), self.head.localiser(fmap)
+        if len(boxes) != tokens.clips:
+            raise ValueError(f"{len(boxes)} box lists for {tokens.clips} clips")
+        fmap = tokens.key_frame_map()
+        return self.actions(fmap, boxes), self.localiser(fmap)
+
+    def example_inputs(self, clips: int, device: torch.device) -> tuple:
+        """One actor box per clip (each further box adds only the small action head)."""
+        return ([torch.tensor([self.EXAMPLE_BOX], device=device)] * clips,)
 
     @torch.inference_mode()
     def detect(
         self,
-        x: torch.Tensor,
+        tokens: VideoTokens,
         boxes: list[torch.Tensor | None] | None = None,
         box_scores: list[torch.Tensor | None] | None = None,
         threshold: float = 0.3,
@@ -212,11 +210,11 @@ class ActionDetector(ZeroI2V):
         """Actors and their action probabilities per clip. Clips with given boxes use them
         (scores: box_scores, or 1 for boxes a user drew); the others use the localiser's
         boxes with score >= threshold."""
-        n = x.shape[0]
+        n = tokens.clips
         boxes = boxes if boxes is not None else [None] * n
         box_scores = box_scores if box_scores is not None else [None] * n
-        fmap = self.feature_map(x)
-        found = self.head.localiser.decode(self.head.localiser(fmap), threshold, max_actors)
+        fmap = tokens.key_frame_map()
+        found = self.localiser.decode(self.localiser(fmap), threshold, max_actors)
         chosen, scores = [], []
         for given, given_scores, (own, own_scores) in zip(boxes, box_scores, found, strict=True):
             if given is None:
@@ -230,8 +228,21 @@ class ActionDetector(ZeroI2V):
                     if given_scores is None
                     else given_scores.to(fmap.device, torch.float32)
                 )
-        probs = self.head.actions(fmap, chosen).float().sigmoid()
+        probs = self.actions(fmap, chosen).float().sigmoid()
         out = []
         for b, s, p in zip(chosen, scores, probs.split([len(b) for b in chosen]), strict=True):
             out.append(ActorDetections(b.float().cpu(), s.float().cpu(), p.cpu()))
         return out
+
+
+@torch.inference_mode()
+def detect_actors(
+    model: ZeroI2V,
+    x: torch.Tensor,
+    boxes: list[torch.Tensor | None] | None = None,
+    box_scores: list[torch.Tensor | None] | None = None,
+    threshold: float = 0.3,
+    max_actors: int = 20,
+) -> list[ActorDetections]:
+    """A detection model's actors for clips x (B, 3, T, H, W): DetectionHead.detect on them."""
+    return model.head.detect(model.encode(x), boxes, box_scores, threshold, max_actors)

@@ -47,11 +47,10 @@ def count_macs(fn: Callable[[], object]) -> int:
 
 @torch.inference_mode()
 def model_macs(model: torch.nn.Module, clip_shape: tuple[int, ...]) -> int:
-    """Multiply-adds of one forward on a single zero clip of `clip_shape` (3, T, H, W); for a
-    detection model, with one actor box (each further box adds only the small action head)."""
+    """Multiply-adds of one forward on a single zero clip of `clip_shape` (3, T, H, W), with
+    whatever else the model's head takes (its `example_inputs`: a detection head's one actor
+    box, each further box adding only the small action head)."""
     param = next(model.parameters())
     x = torch.zeros(1, *clip_shape, device=param.device, dtype=param.dtype)
-    if getattr(getattr(model, "cfg", None), "task", "classify") == "detect":
-        box = torch.tensor([[0.25, 0.25, 0.75, 0.75]], device=param.device)
-        return count_macs(lambda: model(x, [box]))
-    return count_macs(lambda: model(x))
+    extra = model.head.example_inputs(1, param.device)
+    return count_macs(lambda: model(x, *extra))

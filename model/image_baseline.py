@@ -27,7 +27,7 @@ class PlainImageModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, t, h, w = x.shape
         frames = x.transpose(1, 2).reshape(b * t, 3, h, w).to(self.visual.conv1.weight.dtype)
-        return self.head(self.visual(frames).view(b, t, -1).float().mean(1))
+        return self.head.logits(self.visual(frames).view(b, t, -1).float().mean(1))
 
     def cast_backbone(self, dtype: torch.dtype) -> PlainImageModel:
         """As ZeroI2V.cast_backbone: the tower in `dtype`, the head fp32."""

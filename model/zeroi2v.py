@@ -1,59 +1,69 @@
-"""The ZeroI2V video classifier: an open_clip visual tower with STDHA and adapters, plus a head.
+"""The ZeroI2V video model: an open_clip visual tower with STDHA and adapters, plus a task head.
 
 Data flow: frames (B, 3, T, H, W) -> per-frame tokens through the image transformer, whose
-temporal heads read other frames' K/V -> per-frame pooled feature (class token after ln_post)
--> mean over frames -> dropout -> linear -> logits (B, num_classes).
+temporal heads read other frames' K/V -> `VideoTokens` -> the task's head, which reads them its
+own way: classification pools each frame (class token after ln_post) and averages over frames
+(model/classification.py); detection averages the patch tokens over frames into a key-frame
+feature map (model/detection.py). The model composes the two; model/tasks.py picks the head.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from model.adapters import adapters_of, add_adapters
-from model.backbone import PretrainedWeights, create_visual
 from model.config import TrainableSet, ZeroI2VConfig
-from model.precision import autocast
 from model.stdha import STDHAttention
 
 
-class ClassificationHead(nn.Module):
-    def __init__(self, dim: int, num_classes: int, dropout: float):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(dim, num_classes)
-        nn.init.normal_(self.fc.weight, std=0.02)
-        nn.init.zeros_(self.fc.bias)
+@dataclass(frozen=True)
+class VideoTokens:
+    """The last block's tokens of B clips of T frames, (B * T, 1 + h * w, width) clip-major,
+    and the two ways heads read them."""
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(features))
+    tokens: torch.Tensor
+    clips: int
+    frames: int
+    grid: tuple[int, int]  # patches per frame, (h, w)
+    backbone: VisionTransformer  # for its ln_post and pooling (not a copy)
+
+    def frame_features(self) -> torch.Tensor:
+        """Per-frame pooled features (B, T, width), fp32: the image model's own pooling."""
+        pooled, _ = self.backbone._pool(self.tokens)
+        return pooled.view(self.clips, self.frames, -1).float()
+
+    def key_frame_map(self) -> torch.Tensor:
+        """Patch tokens after ln_post averaged over the frames: (B, width, h, w)."""
+        h, w = self.grid
+        patches = self.backbone.ln_post(self.tokens)[:, -h * w :]  # the class token comes first
+        return patches.reshape(self.clips, self.frames, h, w, -1).mean(1).permute(0, 3, 1, 2)
 
 
 class ZeroI2V(nn.Module):
-    """`backbone` is an open_clip VisionTransformer whose blocks' `attn` are STDHAttention."""
+    """`backbone` is an open_clip VisionTransformer whose blocks' `attn` are STDHAttention;
+    `head` reads its VideoTokens: forward(x, *head_inputs) = head(encode(x), *head_inputs)."""
 
-    def __init__(self, cfg: ZeroI2VConfig, backbone: VisionTransformer):
+    def __init__(self, cfg: ZeroI2VConfig, backbone: VisionTransformer, head: nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
+        self.head = head
         width = backbone.transformer.width
-        self.head = self.make_head(width)
         self.temporal_embedding = (
             nn.Parameter(torch.zeros(cfg.num_frames, width)) if cfg.temporal_embedding else None
         )
         self._grad_masks: list[torch.utils.hooks.RemovableHandle] = []
 
-    def make_head(self, width: int) -> nn.Module:
-        return ClassificationHead(width, self.cfg.num_classes, self.cfg.head_dropout)
-
     @property
     def attention_layers(self) -> list[STDHAttention]:
         return [b.attn for b in self.backbone.transformer.resblocks]
 
-    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 3, T, H, W) float frames -> last-block tokens (B * T, tokens, width),
-        clip-major."""
+    def encode(self, x: torch.Tensor) -> VideoTokens:
+        """x (B, 3, T, H, W) float frames -> the last block's VideoTokens."""
         if x.ndim != 5 or x.shape[1] != 3:
             raise ValueError(f"expected frames (B, 3, T, H, W), got {tuple(x.shape)}")
         b, _, t, h, w = x.shape
@@ -70,15 +80,18 @@ class ZeroI2V(nn.Module):
             embedding = self.temporal_embedding[:, None].to(visual.conv1.weight.dtype)
             tokens = tokens.view(b, t, -1, tokens.shape[-1]) + embedding
             tokens = tokens.view(b * t, -1, tokens.shape[-1])
-        return visual.transformer(tokens)
+        patch = visual.patch_size
+        grid = (h // patch[0], w // patch[1])
+        return VideoTokens(visual.transformer(tokens), b, t, grid, visual)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, T, H, W) float frames -> per-frame pooled features (B, T, width), fp32."""
-        pooled, _ = self.backbone._pool(self.forward_tokens(x))
-        return pooled.view(x.shape[0], x.shape[2], -1).float()
+        return self.encode(x).frame_features()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x).mean(dim=1))
+    def forward(self, x: torch.Tensor, *head_inputs):
+        """The head's output for clips x (B, 3, T, H, W) and whatever else the head takes (a
+        detection head: each clip's actor boxes)."""
+        return self.head(self.encode(x), *head_inputs)
 
     def cast_backbone(self, dtype: torch.dtype) -> ZeroI2V:
         """Inference in `dtype` (model/precision.py): the backbone's weights are cast, the heads
@@ -175,34 +188,3 @@ def to_video_backbone(visual: VisionTransformer, cfg: ZeroI2VConfig) -> VisionTr
                 block, cfg.num_adapters, cfg.adapter_ratio, cfg.adapter_scale, cfg.adapter_dropout
             )
     return visual
-
-
-def build_model(
-    cfg: ZeroI2VConfig, weights: PretrainedWeights | None = None, quick_gelu: bool | None = None
-) -> ZeroI2V:
-    """A ZeroI2V model for cfg.task: frozen (maybe pre-trained) backbone, trainable set per
-    cfg.trainable. "detect" gives the ActionDetector subclass (model/detection.py).
-    `weights`: the base backbone already read (it replaces reading cfg.pretrained);
-    `quick_gelu`: the activation a saved model recorded (model/backbone.py create_visual)."""
-    visual = create_visual(
-        cfg.backbone, cfg.image_size, weights or cfg.pretrained, quick_gelu=quick_gelu
-    )
-    if cfg.task == "detect":
-        from model.detection import ActionDetector  # it subclasses ZeroI2V
-
-        model = ActionDetector(cfg, to_video_backbone(visual, cfg))
-    else:
-        model = ZeroI2V(cfg, to_video_backbone(visual, cfg))
-    model.select_trainable(cfg.trainable)
-    return model
-
-
-@torch.inference_mode()
-def video_probabilities(
-    model: nn.Module, views: torch.Tensor, amp: torch.dtype | None = None
-) -> torch.Tensor:
-    """Multi-view testing: (B, V, 3, T, S, S) -> (B, num_classes), softmax averaged over V."""
-    b, v = views.shape[:2]
-    with autocast(views.device, amp):
-        logits = model(views.flatten(0, 1))
-    return logits.float().softmax(-1).view(b, v, -1).mean(1)

@@ -19,7 +19,7 @@ import time
 import torch
 
 from model import load_merged, read_info
-from model.detection import ActorDetections
+from model.detection import ActorDetections, detect_actors
 from model.flops import model_macs
 from model.precision import inference_dtype
 from video.views import ViewSpec, detection_views, view_list
@@ -124,8 +124,8 @@ class ModelRunner:
             # Padding clips get no boxes (not None, which would ask the localiser for actors).
             padding = [torch.zeros(0, 4)] * (padded - (end - start))
             boxes = [b for _, b in items[start:end]] + padding
-            found += self.model.detect(
-                self._pad(clips, padded), boxes,
+            found += detect_actors(
+                self.model, self._pad(clips, padded), boxes,
                 threshold=self.MIN_BOX_SCORE, max_actors=self.MAX_ACTORS,
             )[: end - start]  # fmt: skip
         return found

@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from model import ZeroI2VConfig, build_model, load_merged
+from model.detection import detect_actors
 
 DATA = Path(__file__).parent / "data"
 # fp32 on CPU; the STDHA paths differ only in where K/V are read from, so the outputs agree to
@@ -47,10 +48,13 @@ def test_merged_detector_gives_the_old_detections(ref):
     with safe_open(str(DATA / "reference_outputs.safetensors"), "pt") as f:
         boxes = [torch.tensor(b) for b in json.loads(f.metadata()["boxes"])]
     x = ref["input"]
-    found = model.detect(x[:2], boxes) + model.detect(x[2:], None, threshold=0.0, max_actors=3)
+    found = detect_actors(model, x[:2], boxes) + detect_actors(
+        model, x[2:], None, threshold=0.0, max_actors=3
+    )
     for i, d in enumerate(found):
         torch.testing.assert_close(d.boxes, ref[f"detect_{i}_boxes"], **TOL)
         torch.testing.assert_close(d.box_scores, ref[f"detect_{i}_box_scores"], **TOL)
         torch.testing.assert_close(d.action_probs, ref[f"detect_{i}_action_probs"], **TOL)
     with torch.inference_mode():
-        torch.testing.assert_close(model.feature_map(x), ref["detect_feature_map"], **TOL)
+        feature_map = model.encode(x).key_frame_map()
+        torch.testing.assert_close(feature_map, ref["detect_feature_map"], **TOL)

@@ -6,8 +6,9 @@ import torch.nn.functional as F
 
 from model import ZeroI2VConfig, build_model, load_merged, merge_adapters, save_merged
 from model.detection import (
-    ActionDetector,
     ActorLocaliser,
+    DetectionHead,
+    detect_actors,
     localiser_targets,
     roi_features,
 )
@@ -92,17 +93,17 @@ def test_localiser_learns_and_decodes_boxes():
 def test_detector_forward_shapes_and_detect_with_and_without_boxes():
     torch.manual_seed(0)
     model = build_model(detect_cfg()).eval()
-    assert isinstance(model, ActionDetector)
+    assert isinstance(model.head, DetectionHead)
     x = torch.randn(2, 3, 4, 32, 32)
     boxes = [torch.tensor([[0.1, 0.1, 0.6, 0.9]]), torch.tensor([[0, 0, 1, 1.0], [0.5, 0, 1, 1]])]
     logits, maps = model(x, boxes)
     assert logits.shape == (3, 5) and maps.shape == (2, 5, 4, 4)
-    given = model.detect(x, boxes=[boxes[0], None], box_scores=[torch.tensor([0.8]), None])
+    given = detect_actors(model, x, boxes=[boxes[0], None], box_scores=[torch.tensor([0.8]), None])
     assert given[0].boxes.shape == (1, 4) and given[0].box_scores.tolist() == [pytest.approx(0.8)]
     torch.testing.assert_close(given[0].scores, 0.8 * given[0].action_probs)
     # The untrained localiser's prior is 0.1 everywhere: threshold 0.05 finds peaks, 0.5 none.
-    assert len(model.detect(x, threshold=0.05)[1].boxes) > 0
-    assert len(model.detect(x, threshold=0.5)[1].boxes) == 0
+    assert len(detect_actors(model, x, threshold=0.05)[1].boxes) > 0
+    assert len(detect_actors(model, x, threshold=0.5)[1].boxes) == 0
 
 
 def test_detector_uses_time_only_through_temporal_heads():
@@ -133,7 +134,7 @@ def test_merged_detector_matches_and_round_trips(tmp_path):
     torch.testing.assert_close(out_maps, ref_maps, atol=1e-4, rtol=1e-4)
     path = save_merged(merged, tmp_path / "det.safetensors", [f"a{i}" for i in range(5)])
     loaded = load_merged(path)
-    assert isinstance(loaded, ActionDetector)
+    assert isinstance(loaded.head, DetectionHead)
     with torch.no_grad():
         again, _ = loaded(x, boxes)
     torch.testing.assert_close(again, out)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from model import load_merged
-from model.detection import ActionDetector
+from model.detection import DetectionHead
 from training import checkpoint as ckpt_io
 from training.ava import read_detections
 from training.config import ConfigError, load_config
@@ -87,10 +87,10 @@ def test_training_writes_detection_eval_and_merges(trained_detector, tmp_path):
     assert 0 <= report["mAP"] <= 1 and report["box_source"] == "proposals"
     assert (trained_detector / "eval_ap.png").stat().st_size > 1000
     model, names, _ = ckpt_io.rebuild_model(ckpt_io.load(trained_detector / "last.pt"))
-    assert isinstance(model, ActionDetector) and names[-1] == "carry"
+    assert isinstance(model.head, DetectionHead) and names[-1] == "carry"
     path, diff = export_merged(trained_detector / "last.pt", tmp_path / "det.safetensors")
     assert diff < 1e-4
-    assert isinstance(load_merged(path), ActionDetector)
+    assert isinstance(load_merged(path).head, DetectionHead)
 
 
 def test_cli_eval_and_predict_for_a_detector(trained_detector, synth_ava_dir, tmp_path):

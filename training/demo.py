@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from model import load_merged
-from model.zeroi2v import video_probabilities
+from model.classification import video_probabilities
 from training.config import load_config
 from training.data import load_annotations, test_loader
 from training.export import export_adapters

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_iou
 
-from model.detection import ActionDetector
+from model.detection import detect_actors
 from model.precision import autocast
+from model.zeroi2v import ZeroI2V
 from training.annotations import KINETICS_EXTENSIONS, AnnotationError, _DirIndex
 from training.ava import (
     Actor,
@@ -237,7 +238,7 @@ def detection_loss(
 
 
 def evaluate_detection(
-    model: ActionDetector,
+    model: ZeroI2V,
     loader,
     split: AvaSplit,
     boxes: str,
@@ -268,7 +269,7 @@ def evaluate_detection(
             given = [p[0] for p in targets.proposals]
             given_scores = [p[1] for p in targets.proposals]
         with autocast(device, amp):
-            results = model.detect(clips.to(device), given, given_scores, threshold)
+            results = detect_actors(model, clips.to(device), given, given_scores, threshold)
         for key, truth, result in zip(targets.keys, targets.boxes, results, strict=True):
             rows = detections.setdefault(key, [])
             for box, scores in zip(result.boxes.tolist(), result.scores.tolist(), strict=True):

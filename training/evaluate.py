@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model.zeroi2v import video_probabilities
+from model.classification import video_probabilities
 
 
 @dataclass

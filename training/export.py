@@ -61,20 +61,20 @@ def export_merged(
     merged = merge_adapters(model)
     cfg = model.cfg
     x = torch.randn(1, 3, cfg.num_frames, cfg.image_size, cfg.image_size)
-    if cfg.task == "detect":  # compare action logits of one box and the localiser's maps
-        boxes = [torch.tensor([[0.2, 0.1, 0.8, 0.9]])]
-        reference, merged_out = (
-            torch.cat([o.flatten() for o in model(x, boxes)]),
-            torch.cat([o.flatten() for o in merged(x, boxes)]),
-        )
-    else:
-        reference, merged_out = model(x), merged(x)
+    extra = model.head.example_inputs(1, x.device)  # a detection head's actor box
+    reference, merged_out = (flat_outputs(m(x, *extra)) for m in (model, merged))
     diff = (merged_out - reference).abs().max().item()
     scale = reference.abs().max().item()
     if diff > 1e-4 * max(1.0, scale):
         raise RuntimeError(f"merged model differs from the trained one by {diff:.2e}")
     path = save_merged(merged, out, class_names=class_names, preprocess=preprocess)
     return path, diff
+
+
+def flat_outputs(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """A head's output, one tensor or several (detection: action logits and box maps), as one
+    flat tensor to compare."""
+    return torch.cat([o.flatten() for o in (out if isinstance(out, tuple) else (out,))])
 
 
 def export_adapters(train_checkpoint: str | Path, out: str | Path, storage: str = "fp32") -> Path:

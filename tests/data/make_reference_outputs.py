@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from model import ZeroI2VConfig, build_model, merge_adapters, save_merged
+from model.detection import detect_actors
 from tests.helpers import TINY, randomize_adapters
 
 HERE = Path(__file__).parent
@@ -81,14 +82,14 @@ def main() -> None:
 
     det = merge_adapters(_unmerged(DETECT, seed=2))
     save_merged(det, HERE / "detect_merged.safetensors", [f"a{i}" for i in range(5)])
-    found = det.detect(x[:2], boxes)
-    own = det.detect(x[2:], None, threshold=0.0, max_actors=3)
+    found = detect_actors(det, x[:2], boxes)
+    own = detect_actors(det, x[2:], None, threshold=0.0, max_actors=3)
     for i, d in enumerate(found + own):
         tensors[f"detect_{i}_boxes"] = d.boxes
         tensors[f"detect_{i}_box_scores"] = d.box_scores
         tensors[f"detect_{i}_action_probs"] = d.action_probs
     with torch.no_grad():
-        tensors["detect_feature_map"] = det.feature_map(x)
+        tensors["detect_feature_map"] = det.encode(x).key_frame_map()
     save_file(
         {k: v.contiguous() for k, v in tensors.items()},
         HERE / "reference_outputs.safetensors",
