@@ -277,6 +277,7 @@ def predict(
     """Top-k labels for one local video file (a detection model: actors with their top-k
     actions at each 1 Hz key frame)."""
     from model import CheckpointError
+    from model.detection import BOX_THRESHOLD
     from service.model_runner import ModelRunner
     from video.decode import VideoError
     from video.views import ViewSpec, load_keyframe_clips, load_views
@@ -294,7 +295,7 @@ def predict(
     if runner.task == "detect":
         found = runner.detect([(c, None) for c in key_clips])
         for t, actors in zip(times, found, strict=True):
-            keep = actors.box_scores >= 0.3
+            keep = actors.box_scores >= BOX_THRESHOLD
             typer.echo(f"{t:.1f} s: {int(keep.sum())} actor(s)")
             for box, box_score, scores in zip(actors.boxes[keep], actors.box_scores[keep],
                                               actors.scores[keep], strict=True):  # fmt: skip

@@ -20,16 +20,15 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.constants import IMAGENET_MEAN, IMAGENET_STD, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.factory import load_state_dict
 from open_clip.model import _build_vision_tower
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
 
 from model import dinov2
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The pre-training normalisations, as open_clip (their owner) defines them.
+OPENAI_MEAN, OPENAI_STD = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 # Small open_clip-shaped configs that ship with this package (tests, demos, CPU benchmarks).
 open_clip.add_model_config(Path(__file__).parent / "open_clip_configs")

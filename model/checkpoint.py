@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,14 +122,23 @@ def save_merged(
 
 
 def _write(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path) -> Path:
-    """Atomically: a temp file beside `path`, then a rename."""
+    return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write a file so that readers find the old one or all of the new one, never a part, even
+    after a crash: `write(tmp)` fills a temp file beside `path`, which goes to disk (fsync),
+    gets the mode a new file gets (mkstemp makes 0600; model files are for sharing) and is
+    renamed over `path`. Every model and training checkpoint is written this way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a model file is for sharing
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -144,11 +154,26 @@ def _class_names(cfg: ZeroI2VConfig, class_names: list[str] | None) -> list[str]
 
 
 def _common_metadata(cfg: ZeroI2VConfig, names: list[str], preprocess: dict | None) -> dict:
+    preprocess = {**default_preprocess(cfg), **(preprocess or {})}
+    if clash := _model_shape_clash(cfg, preprocess):
+        raise ValueError(f"preprocess {clash}")
     return {
         "config": cfg.model_dump_json(),
         "class_names": json.dumps(names),
-        "preprocess": json.dumps({**default_preprocess(cfg), **(preprocess or {})}),
+        "preprocess": json.dumps(preprocess),
     }
+
+
+# What a clip looks like to the model: the config is its one home; a checkpoint's `preprocess`
+# repeats it for readers of the views (video/views.py ViewSpec.from_preprocess) and must agree.
+MODEL_SHAPE_KEYS = ("num_frames", "image_size")
+
+
+def _model_shape_clash(cfg: ZeroI2VConfig, preprocess: dict) -> str | None:
+    for key in MODEL_SHAPE_KEYS:
+        if key in preprocess and preprocess[key] != getattr(cfg, key):
+            return f"{key} is {preprocess[key]!r}, but the model config's is {getattr(cfg, key)}"
+    return None
 
 
 def trained_tensors(model: ZeroI2V) -> dict[str, torch.Tensor]:
@@ -360,6 +385,9 @@ def _info(path: Path, meta: dict[str, str]) -> CheckpointInfo:
         raise CheckpointError(f"{path}: class_names does not list {config.num_classes} classes")
     if not isinstance(preprocess, dict):
         raise CheckpointError(f"{path}: invalid metadata: preprocess is not a JSON object")
+    if clash := _model_shape_clash(config, preprocess):
+        raise CheckpointError(f"{path}: invalid metadata: preprocess {clash}")
+    preprocess = {**{k: getattr(config, k) for k in MODEL_SHAPE_KEYS}, **preprocess}
     if quick_gelu not in (None, True, False):
         raise CheckpointError(f"{path}: invalid metadata: quick_gelu is {quick_gelu!r}")
     if base is not None and base.backbone != config.backbone:

@@ -27,6 +27,10 @@ from torchvision.ops import roi_align
 from model.config import ZeroI2VConfig
 from model.zeroi2v import VideoTokens, ZeroI2V
 
+# The localiser's score from which a box counts as an actor, unless a caller says otherwise:
+# the default of training's evaluation, the service and the CLI.
+BOX_THRESHOLD = 0.3
+
 
 class ActionHead(nn.Module):
     def __init__(self, dim: int, num_actions: int, roi_size: int = 7, dropout: float = 0.5):
@@ -204,7 +208,7 @@ class DetectionHead(nn.Module):
         tokens: VideoTokens,
         boxes: list[torch.Tensor | None] | None = None,
         box_scores: list[torch.Tensor | None] | None = None,
-        threshold: float = 0.3,
+        threshold: float = BOX_THRESHOLD,
         max_actors: int = 20,
     ) -> list[ActorDetections]:
         """Actors and their action probabilities per clip. Clips with given boxes use them
@@ -241,7 +245,7 @@ def detect_actors(
     x: torch.Tensor,
     boxes: list[torch.Tensor | None] | None = None,
     box_scores: list[torch.Tensor | None] | None = None,
-    threshold: float = 0.3,
+    threshold: float = BOX_THRESHOLD,
     max_actors: int = 20,
 ) -> list[ActorDetections]:
     """A detection model's actors for clips x (B, 3, T, H, W): DetectionHead.detect on them."""

@@ -78,6 +78,12 @@ class STDHAttention(nn.Module):
     def from_multihead(
         cls, mha: nn.MultiheadAttention, num_frames: int, offsets: list[int]
     ) -> STDHAttention:
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise TypeError(
+                f"STDHA replaces an nn.MultiheadAttention, and this block's attention is a "
+                f"{type(mha).__name__}: an open_clip version this package does not support yet "
+                f"(pyproject.toml pins open_clip_torch below 4)"
+            )
         if not mha.batch_first or not mha._qkv_same_embed_dim or mha.in_proj_bias is None:
             raise ValueError(
                 "STDHA needs a batch-first nn.MultiheadAttention with packed biased QKV"

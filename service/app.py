@@ -137,9 +137,11 @@ def create_app() -> FastAPI:
             "the times of the given boxes)",
         ),
         boxes: str | None = Query(None, description="as the `boxes` form field (raw uploads)"),
-        score_threshold: float = Query(0.3, ge=0, le=1, description="box score x action prob."),
+        score_threshold: float = Query(
+            DetectParams.score_threshold, ge=0, le=1, description="box score x action prob."
+        ),
         box_threshold: float = Query(
-            0.3,
+            DetectParams.box_threshold,
             ge=0.05,
             le=1,
             description="localiser box score (the model returns boxes down "

@@ -32,7 +32,7 @@ from service.app import create_app
 from service.decoding import Decoded, Decoder
 from service.metrics import IngressMetrics, ModelMetrics, keep_fresh
 from service.model_runner import ModelRunner
-from service.settings import ServiceSettings
+from service.settings import BATCH_WAIT_TIMEOUT_S, MAX_BATCH_SIZE, ServiceSettings
 from service.video_service import DetectInference, Inference, VideoService, boxes_per_clip
 from video.views import ViewSpec
 
@@ -96,7 +96,7 @@ class ModelDeployment:
             seconds, self.runner.device, self.runner.dtype, s.compile, self.runner.warm_up_s,
         )  # fmt: skip
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
     async def infer_views(self, views: list[torch.Tensor]) -> list[tuple]:
         start = time.perf_counter()
         self.waiting -= len(views)
@@ -108,7 +108,7 @@ class ModelDeployment:
         seconds = time.perf_counter() - start
         return [(p, seconds, len(views)) for p in probs]
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
     async def detect_clips(self, items: list[tuple]) -> list[tuple]:
         """Detection's batch: key-frame clips of any requests, each with its boxes or None."""
         start = time.perf_counter()

@@ -22,6 +22,7 @@ from model import load_merged, read_info
 from model.detection import ActorDetections, detect_actors
 from model.flops import model_macs
 from model.precision import inference_dtype
+from service.settings import MAX_BATCH_SIZE
 from video.views import ViewSpec, detection_views, view_list
 
 COMPILE_MODES = ("off", "default", "reduce-overhead")
@@ -43,7 +44,7 @@ class ModelRunner:
         device: str = "auto",
         precision: str = "auto",
         compile: str = "off",
-        max_batch_size: int = 16,
+        max_batch_size: int = MAX_BATCH_SIZE,
         base: str | None = None,
     ):
         if compile not in COMPILE_MODES:

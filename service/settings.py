@@ -9,6 +9,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# Stated once: the settings' defaults, and what Serve's batch decorators start with before a
+# replica sets them from its settings (service/deployments.py).
+MAX_BATCH_SIZE = 16
+BATCH_WAIT_TIMEOUT_S = 0.01
+
 
 class ServiceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -80,8 +85,8 @@ class ServiceSettings(BaseModel):
     upload_grace_s: float = Field(5.0, ge=0)
     retry_after_s: int = Field(1, ge=1)
     # Dynamic batching over views: a request with 3 views adds 3 to a batch.
-    max_batch_size: int = Field(16, ge=1)
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_batch_size: int = Field(MAX_BATCH_SIZE, ge=1)
+    batch_wait_timeout_s: float = Field(BATCH_WAIT_TIMEOUT_S, ge=0)
     max_views: int = Field(30, ge=1)
     # A request's views (key-frame clips) enter the model's batch queue this many at a time,
     # each round after the last: requests share batches instead of queueing behind a big one

@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 
 from model.checkpoint import CheckpointInfo
-from model.detection import ActorDetections
+from model.detection import BOX_THRESHOLD, ActorDetections
 from service import problems
 from service.decoding import Decoded
 from service.settings import ServiceSettings
@@ -40,7 +40,7 @@ class DetectParams:
     timestamps: list[float] | None = None  # key-frame times in seconds; None: 1 Hz
     boxes: dict[float, list[list[float]]] | None = None  # per key-frame time, normalised xyxy
     score_threshold: float = 0.3  # box score x action probability, as AVA scores
-    box_threshold: float = 0.3  # localiser boxes below this are not actors
+    box_threshold: float = BOX_THRESHOLD  # localiser boxes below this are not actors
 
 
 @dataclass(frozen=True)

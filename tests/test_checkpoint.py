@@ -128,3 +128,55 @@ def test_temporal_embedding_round_trip(tiny_cfg, tmp_path):
     x = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(load_merged(path)(x), merged(x))
+
+
+def test_write_atomic_keeps_the_old_file_on_failure_and_shares_the_new_one(tmp_path):
+    """One writer for every checkpoint: mode from the umask (not mkstemp's 0600), no temp file
+    left behind, and a failed write leaves the previous file whole."""
+    import os
+    import stat
+
+    from model.checkpoint import write_atomic
+    from training.checkpoint import save_atomic
+
+    target = tmp_path / "out" / "file.bin"
+    write_atomic(target, lambda tmp: tmp.write_bytes(b"old"))
+    mask = os.umask(0o022)
+    try:
+        save_atomic({"step": 1}, tmp_path / "last.pt")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "last.pt").stat().st_mode) == 0o644
+
+    def fails(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, fails)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["file.bin"]
+
+
+def test_frames_per_clip_have_one_home(merged, tmp_path):
+    """The model config says how many frames and what size a clip is; a preprocess that says
+    otherwise is refused on writing and on reading, and one that says nothing gets the config's."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with pytest.raises(ValueError, match="num_frames is 16, but the model config's is 4"):
+        save_merged(merged, tmp_path / "x.safetensors", preprocess={"num_frames": 16})
+    path = save_merged(merged, tmp_path / "ok.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    for preprocess, message in (({"image_size": 64}, "image_size is 64"), ({}, None)):
+        bad = tmp_path / "crafted.safetensors"
+        save_file(tensors, str(bad), metadata={**meta, "preprocess": json.dumps(preprocess)})
+        if message:
+            with pytest.raises(CheckpointError, match=message):
+                read_info(bad)
+        else:
+            assert read_info(bad).preprocess == {"num_frames": 4, "image_size": 32}

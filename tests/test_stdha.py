@@ -154,6 +154,16 @@ def test_state_dict_keys_match_multihead_attention():
     assert set(attn.state_dict()) == set(mha.state_dict())
 
 
+def test_an_attention_other_than_multihead_is_refused_by_name():
+    """open_clip's own attention module (a later major version) is not silently half-read."""
+
+    class Attention(nn.Module):
+        pass
+
+    with pytest.raises(TypeError, match="a Attention: an open_clip version"):
+        STDHAttention.from_multihead(Attention(), 2, [1, 0, 0, 0])
+
+
 def test_rejects_partial_clips_and_masks():
     attn = STDHAttention(32, 4, 4, [1, 0, 0, 0])
     with pytest.raises(ValueError, match="4-frame clips"):

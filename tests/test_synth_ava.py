@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from training.ava import (
+    iou_matrix,
     read_annotations,
     read_exclusions,
     read_label_map,
@@ -22,7 +23,6 @@ from training.synth_ava import (
     MOTIONS,
     Person,
     _forward_track,
-    _iou,
     _people,
     render_video,
     render_window,
@@ -205,7 +205,7 @@ def test_actors_keep_apart():
         video = render_video(np.random.default_rng(seed), 3, 8, 64, 8, 0.25)
         for actors in video.actors.values():
             boxes = np.array([a.box for a in actors])
-            ious = _iou(boxes[:, None], boxes[None])
+            ious = iou_matrix(boxes, boxes)
             assert ious[~np.eye(len(actors), dtype=bool)].max() < 0.3
 
 
@@ -232,7 +232,7 @@ def test_proposals_and_exclusions(dataset):
             scores = np.array([p.score for p in proposals[key]])
             assert np.all((scores >= 0) & (scores <= 1))
             truth = np.array([a.box for a in actors])
-            ious = _iou(truth[:, None], boxes[None])  # (actors, proposals)
+            ious = iou_matrix(truth, boxes)  # (actors, proposals)
             assert np.all(ious.max(axis=1) > 0.5)
             # Confident boxes are the actors'; the rest are false positives on the background.
             confident = scores >= 0.75

@@ -31,9 +31,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
 from training.annotations import _check_unique, _error, _int, _lines, _read_text
 
 Box = tuple[float, float, float, float]  # normalised x1, y1, x2, y2 in [0, 1]
+
+
+def iou_matrix(a, b) -> np.ndarray:
+    """IoU of every (x1, y1, x2, y2) box in `a` against every box in `b`, (N, M): torchvision's
+    box_iou in float64, areas without the VOC +1, as AVA's evaluator computes it."""
+    pair = (torch.from_numpy(np.array(x, np.float64).reshape(-1, 4)) for x in (a, b))
+    return box_iou(*pair).numpy()
+
+
 Key = tuple[str, int]  # (video_id, timestamp in whole seconds)
 
 # AVA files write coordinates with 3 decimals, so values a hair outside [0, 1] (and boxes of

@@ -31,18 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from training.ava import Actor, Box, Detection, Key
+from training.ava import Actor, Box, Detection, Key, iou_matrix
 
 
 def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two (x1, y1, x2, y2) boxes, areas without the VOC +1."""
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    if width <= 0 or height <= 0:
-        return 0.0
-    intersection = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
-    return intersection / union
+    """Intersection over union of two boxes (training.ava.iou_matrix)."""
+    return float(iou_matrix([a], [b])[0, 0])
 
 
 def average_precision(scores: Sequence[float], is_tp: Sequence[bool], num_positives: int) -> float:
@@ -127,7 +121,7 @@ def _match(
             candidates = by_class.get(d.action, [])
             hit = False
             if candidates:
-                overlaps = [iou(d.box, box) for box in candidates]
+                overlaps = iou_matrix([d.box], candidates)[0].tolist()
                 best = max(range(len(candidates)), key=overlaps.__getitem__)
                 used = taken.setdefault(d.action, [False] * len(candidates))
                 if overlaps[best] >= iou_threshold and not used[best]:

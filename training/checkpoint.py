@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import torch
 
 from model import ZeroI2V, ZeroI2VConfig, build_model
 from model.backbone import PretrainedWeights, read_pretrained
-from model.checkpoint import trained_tensors
+from model.checkpoint import trained_tensors, write_atomic
 
 FORMAT = "zeroi2v.train"
 FORMAT_VERSION = 1
@@ -51,17 +50,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load(path: str | os.PathLike) -> dict:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from model import ZeroI2VConfig
 from model.backbone import normalization
+from model.detection import BOX_THRESHOLD
 from video.sampling import SamplingSpec
 from video.views import ViewSpec
 
@@ -64,7 +65,9 @@ class DataConfig(_Section):
     # Actor boxes at evaluation: a person detector's (proposals, the AVA protocol), the
     # model's own localiser, or the ground truth (measures the action head alone).
     detect_boxes: Literal["proposals", "localiser", "groundtruth"] = "proposals"
-    detect_threshold: float = Field(0.3, ge=0.0, le=1.0, description="localiser box score")
+    detect_threshold: float = Field(
+        BOX_THRESHOLD, ge=0.0, le=1.0, description="localiser box score"
+    )
     # Fraction of a split's videos that may fail to decode before the run stops.
     max_broken_fraction: float = Field(0.01, ge=0.0, le=1.0)
     num_workers: int = Field(2, ge=0)

@@ -29,6 +29,7 @@ from training.ava import (
     Box,
     Key,
     Proposal,
+    iou_matrix,
     write_annotations,
     write_exclusions,
     write_label_map,
@@ -160,16 +161,6 @@ def _pixel_box(polygons: list[list[tuple]]) -> np.ndarray:
     return np.concatenate([points.min(axis=0), points.max(axis=0)])
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes (..., 4) against boxes (..., 4), broadcast."""
-    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = w * h
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return inter / np.maximum(area_a + area_b - inter, 1e-12)
-
-
 def _place_actors(
     people: Sequence[Person],
     motions: Sequence[str],
@@ -190,7 +181,7 @@ def _place_actors(
                     person, _forward_track(forward, person, rng, num_frames, size), carry
                 )
                 box = np.array([_pixel_box(f) for f in frames])
-                if all(_iou(box[:, None], b[None]).max() < MAX_ACTOR_IOU for b in boxes):
+                if all(iou_matrix(box, b).max() < MAX_ACTOR_IOU for b in boxes):
                     break
             else:
                 break
@@ -296,7 +287,7 @@ def _jitter(rng: np.random.Generator, box: Box) -> Box:
     w, h = truth[2] - truth[0], truth[3] - truth[1]
     while True:
         moved = np.clip(truth + rng.normal(0, 0.05, 4) * [w, h, w, h], 0.0, 1.0)
-        if moved[2] > moved[0] and moved[3] > moved[1] and _iou(moved, truth) > 0.5:
+        if moved[2] > moved[0] and moved[3] > moved[1] and iou_matrix(moved, truth)[0, 0] > 0.5:
             return tuple(float(v) for v in moved)
 
 
@@ -307,7 +298,7 @@ def _false_positive(rng: np.random.Generator, boxes: list[Box]) -> Box | None:
         w, h = rng.uniform(0.15, 0.4, 2)
         x, y = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
         candidate = np.array([x, y, x + w, y + h])
-        if all(_iou(candidate, np.asarray(b)) < 0.3 for b in boxes):
+        if all(iou_matrix(candidate, b)[0, 0] < 0.3 for b in boxes):
             return tuple(float(v) for v in candidate)
     return None
 

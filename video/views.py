@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from model.backbone import OPENAI_MEAN, OPENAI_STD
+# CLIP's normalisation is the default view's: taken from open_clip, which defines it, so that
+# video/ needs nothing from model/.
+from open_clip.constants import OPENAI_DATASET_MEAN as OPENAI_MEAN
+from open_clip.constants import OPENAI_DATASET_STD as OPENAI_STD
+
 from video.decode import DecodeLimits, FrameTransform, Source, VideoInfo, VideoReader
 from video.sampling import SamplingSpec, keyframe_clip, snap_to_keyframes
 
