@@ -24,6 +24,13 @@ from starlette.requests import ClientDisconnect
 
 from service import problems
 from service.problems import Problem
+from service.responses import (
+    Classification,
+    Detection,
+    ModelCard,
+    Status,
+    problem_responses,
+)
 from service.video_service import ClassifyParams, DetectParams, VideoService, parse_boxes
 
 
@@ -77,24 +84,26 @@ def create_app() -> FastAPI:
             raise problems.unauthorized()
 
     @app.get("/livez", tags=["health"])
-    async def livez() -> dict:
+    async def livez() -> Status:
         """The process is up (it may still be loading the model)."""
-        return {"status": "alive"}
+        return Status(status="alive")
 
-    @app.get("/readyz", tags=["health"])
-    async def readyz(request: Request) -> dict:
+    @app.get("/readyz", tags=["health"], responses=problem_responses(503))
+    async def readyz(request: Request) -> Status:
         """The model is loaded and warmed up: requests will be served."""
         if not await service(request).ready():
             raise problems.not_ready()
-        return {"status": "ready"}
+        return Status(status="ready")
 
-    @app.get("/v1/model", tags=["model"])
-    async def model_card(request: Request) -> dict:
+    @app.get("/v1/model", tags=["model"], responses=problem_responses(401))
+    async def model_card(request: Request) -> ModelCard:
         """Architecture, classes, frames, views, parameters and GFLOPs of the served model."""
         authorize(request)
         return await service(request).model_card()
 
-    @app.post("/classify", tags=["inference"], openapi_extra=video_body())
+    @app.post(
+        "/classify", tags=["inference"], openapi_extra=video_body(), responses=INFERENCE_PROBLEMS
+    )
     async def classify(
         request: Request,
         top_k: int = Query(5, ge=1, description="labels to return"),
@@ -106,7 +115,7 @@ def create_app() -> FastAPI:
             "moved to a keyframe less than half a frame gap away where the video has one, so "
             "less is decoded; lossy, see benchmarks/README.md",
         ),
-    ) -> dict:
+    ) -> Classification:
         """Action labels for one uploaded video (multipart field `file`, or a raw video body)."""
         start = time.perf_counter()
         authorize(request)
@@ -128,6 +137,7 @@ def create_app() -> FastAPI:
                 "localiser",
             }
         ),
+        responses=INFERENCE_PROBLEMS,
     )
     async def detect(
         request: Request,
@@ -147,7 +157,7 @@ def create_app() -> FastAPI:
             description="localiser box score (the model returns boxes down "
             "to 0.05, at most 20 per key frame)",
         ),
-    ) -> dict:
+    ) -> Detection:
         """AVA-style detection: per key frame, actor boxes with their actions and scores."""
         start = time.perf_counter()
         authorize(request)
@@ -175,6 +185,10 @@ def create_app() -> FastAPI:
             return await within_deadline(svc, svc.detect(body, params, start))
 
     return app
+
+
+# What an upload can be refused with (service/problems.py says when).
+INFERENCE_PROBLEMS = problem_responses(400, 401, 408, 409, 413, 415, 422, 431, 503, 504)
 
 
 def video_body(**fields: dict) -> dict:

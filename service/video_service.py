@@ -22,6 +22,19 @@ from model.checkpoint import CheckpointInfo
 from model.detection import BOX_THRESHOLD, ActorDetections
 from service import problems
 from service.decoding import Decoded
+from service.responses import (
+    Action,
+    Actor,
+    Classification,
+    Clip,
+    DecoderCard,
+    Detection,
+    KeyFrame,
+    Label,
+    ModelCard,
+    Timings,
+    Views,
+)
 from service.settings import ServiceSettings
 from video.decode import DecodeTimeout, OverCostLimit, VideoError, VideoTooLarge
 from video.views import SAMPLING_MODES, TimestampError, ViewSpec
@@ -187,30 +200,30 @@ class VideoService:
     def view_spec(self, params: ClassifyParams) -> ViewSpec:
         return self.spec.with_views(params.temporal_clips, params.spatial_crops)
 
-    async def classify(self, data: bytes, params: ClassifyParams, start: float) -> dict:
+    async def classify(self, data: bytes, params: ClassifyParams, start: float) -> Classification:
         spec = self.view_spec(params)
         t0 = time.perf_counter()
         with decode_problems():
             result = await self.backend.classify(data, spec, params.sampling)
         round_trip_ms = (time.perf_counter() - t0) * 1e3
         scores, indices = result.probabilities.topk(min(params.top_k, len(self.info.class_names)))
-        return {
-            "labels": [
-                {"label": self.info.class_names[i], "index": i, "score": round(float(s), 6)}
+        return Classification(
+            labels=[
+                Label(label=self.info.class_names[i], index=i, score=round(float(s), 6))
                 for s, i in zip(scores.tolist(), indices.tolist(), strict=True)
             ],
-            "views": {
-                "temporal_clips": spec.sampling.num_clips,
-                "spatial_crops": spec.spatial_crops,
-                "frames_per_clip": spec.sampling.num_frames,
-                "image_size": spec.image_size,
-                "sampling": params.sampling,
-            },
-            "model": self.model_id,
-            "batch_size": result.batch_size,
-            "decoder": decoder_card(result.decoded),
-            "timings": self.timings(start, round_trip_ms, result.decoded, result.inference_ms),
-        }
+            views=Views(
+                temporal_clips=spec.sampling.num_clips,
+                spatial_crops=spec.spatial_crops,
+                frames_per_clip=spec.sampling.num_frames,
+                image_size=spec.image_size,
+                sampling=params.sampling,
+            ),
+            model=self.model_id,
+            batch_size=result.batch_size,
+            decoder=decoder_card(result.decoded),
+            timings=self.timings(start, round_trip_ms, result.decoded, result.inference_ms),
+        )
 
     def check_detect_params(self, params: DetectParams) -> DetectParams:
         """Validate times and boxes before any decoding; 422 names the first bad value."""
@@ -245,7 +258,7 @@ class VideoService:
             return boxes or None
         return list(dict.fromkeys([*params.timestamps, *boxes]))
 
-    async def detect(self, data: bytes, params: DetectParams, start: float) -> dict:
+    async def detect(self, data: bytes, params: DetectParams, start: float) -> Detection:
         t0 = time.perf_counter()
         given = params.boxes or {}
         with decode_problems():
@@ -264,35 +277,35 @@ class VideoService:
                 scores = found.scores[k]
                 order = scores.argsort(descending=True).tolist()
                 actors.append(
-                    {
-                        "box": [round(v, 4) for v in found.boxes[k].tolist()],
-                        "box_score": round(box_score, 6),
-                        "box_source": "request" if given_boxes is not None else "localiser",
-                        "actions": [
-                            {"label": names[i], "index": i, "score": round(float(scores[i]), 6)}
+                    Actor(
+                        box=[round(v, 4) for v in found.boxes[k].tolist()],
+                        box_score=round(box_score, 6),
+                        box_source="request" if given_boxes is not None else "localiser",
+                        actions=[
+                            Action(label=names[i], index=i, score=round(float(scores[i]), 6))
                             for i in order
                             if scores[i] >= params.score_threshold
                         ],
-                    }
+                    )
                 )
-            keyframes.append({"timestamp": t, "actors": actors})
+            keyframes.append(KeyFrame(timestamp=t, actors=actors))
         s = self.spec
-        return {
-            "keyframes": keyframes,
-            "clip": {
-                "frames_per_clip": s.sampling.num_frames,
-                "frame_interval": s.sampling.interval,
-                "image_size": s.image_size,
-            },
-            "model": self.model_id,
-            "batch_size": result.batch_size,
-            "decoder": decoder_card(result.decoded),
-            "timings": self.timings(start, round_trip_ms, result.decoded, result.inference_ms),
-        }
+        return Detection(
+            keyframes=keyframes,
+            clip=Clip(
+                frames_per_clip=s.sampling.num_frames,
+                frame_interval=s.sampling.interval,
+                image_size=s.image_size,
+            ),
+            model=self.model_id,
+            batch_size=result.batch_size,
+            decoder=decoder_card(result.decoded),
+            timings=self.timings(start, round_trip_ms, result.decoded, result.inference_ms),
+        )
 
     def timings(
         self, start: float, round_trip_ms: float, decoded: Decoded, inference_ms: float
-    ) -> dict:
+    ) -> Timings:
         """A response's `timings`, each stage also recorded in the latency metrics (the total
         is recorded by the app's middleware). queue_ms is the rest of the round trip to the
         decoder and the model: routing, transport, waiting for a model batch."""
@@ -302,15 +315,15 @@ class VideoService:
             self.metrics.observe_stage("decode_wait", decoded.wait_ms / 1e3)
             self.metrics.observe_stage("queue", queue_ms / 1e3)
             self.metrics.observe_stage("inference", inference_ms / 1e3)
-        return {
-            "decode_ms": round(decoded.decode_ms, 2),
-            "decode_wait_ms": round(decoded.wait_ms, 2),
-            "queue_ms": round(queue_ms, 2),
-            "inference_ms": round(inference_ms, 2),
-            "total_ms": round((time.perf_counter() - start) * 1e3, 2),
-            "frames_decoded": decoded.frames_decoded,
-            "frames_used": decoded.frames_used,
-        }
+        return Timings(
+            decode_ms=round(decoded.decode_ms, 2),
+            decode_wait_ms=round(decoded.wait_ms, 2),
+            queue_ms=round(queue_ms, 2),
+            inference_ms=round(inference_ms, 2),
+            total_ms=round((time.perf_counter() - start) * 1e3, 2),
+            frames_decoded=decoded.frames_decoded,
+            frames_used=decoded.frames_used,
+        )
 
     @property
     def model_id(self) -> str:
@@ -322,16 +335,16 @@ class VideoService:
     async def ready(self) -> bool:
         return await self.backend.ready()
 
-    async def model_card(self) -> dict:
-        return {"id": self.model_id, **(await self.backend.model_card())}
+    async def model_card(self) -> ModelCard:
+        return ModelCard(id=self.model_id, **(await self.backend.model_card()))
 
 
-def decoder_card(decoded: Decoded) -> dict:
-    return {
-        "replica": decoded.decoder,
-        "device": "cuda" if decoded.hardware else "cpu",
-        "priority": "low" if decoded.low_priority else "normal",
-    }
+def decoder_card(decoded: Decoded) -> DecoderCard:
+    return DecoderCard(
+        replica=decoded.decoder,
+        device="cuda" if decoded.hardware else "cpu",
+        priority="low" if decoded.low_priority else "normal",
+    )
 
 
 def check_box(t: float, box) -> None:

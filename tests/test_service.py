@@ -357,6 +357,37 @@ def test_docs_exist(merged_model):
     assert "/classify" in paths and "/detect" in paths
 
 
+def test_docs_show_every_answer_shape_and_the_problem_shape(merged_model):
+    spec = local_client(merged_model).get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def ok(path: str, method: str) -> str:
+        ref = spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]
+        return ref["schema"]["$ref"].rsplit("/", 1)[-1]
+
+    assert ok("/classify", "post") == "Classification"
+    assert ok("/detect", "post") == "Detection"
+    assert ok("/v1/model", "get") == "ModelCard"
+    assert ok("/readyz", "get") == "Status"
+    assert set(schemas["Timings"]["properties"]) == TIMINGS
+    assert set(schemas["Classification"]["required"]) >= {"labels", "views", "timings"}
+    refused = spec["paths"]["/classify"]["post"]["responses"]["422"]["content"]
+    assert list(refused) == ["application/problem+json"]
+    problem = refused["application/problem+json"]["schema"]
+    assert problem["title"] == "ProblemDetail"
+    assert set(problem["properties"]) == {"type", "title", "status", "detail", "instance"}
+
+
+def test_an_answer_that_strays_from_its_shape_is_refused_where_it_is_made():
+    from pydantic import ValidationError
+
+    from service.responses import Timings
+
+    with pytest.raises(ValidationError, match="extra"):
+        Timings(decode_ms=1, decode_wait_ms=0, queue_ms=0, inference_ms=1, total_ms=2,
+                frames_decoded=8, frames_used=8, surprise=1)  # fmt: skip
+
+
 # ---- /detect ----
 
 

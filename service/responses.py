@@ -1,0 +1,141 @@
+"""What every endpoint answers, as pydantic models: /docs shows these shapes, and an answer that
+strays from them is a bug caught where it is made (extra fields are refused, not dropped).
+
+Errors are problem details (RFC 9457, service/problems.py); `Problem` documents that shape.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ProblemDetail(Answer):
+    """Every 4xx and 5xx answer, as application/problem+json."""
+
+    type: str = Field(description="a URI naming the kind of problem")
+    title: str = Field(description="the same for every problem of this kind")
+    status: int
+    detail: str = Field(description="what was wrong with this request")
+    instance: str | None = Field(None, description="the path that answered")
+
+
+class Status(Answer):
+    status: Literal["alive", "ready"]
+
+
+class Label(Answer):
+    label: str
+    index: int = Field(description="the class's index in the model's class list")
+    score: float
+
+
+class Views(Answer):
+    """How the video was seen: temporal_clips x spatial_crops views of frames_per_clip frames."""
+
+    temporal_clips: int
+    spatial_crops: int
+    frames_per_clip: int
+    image_size: int
+    sampling: Literal["exact", "fast"]
+
+
+class DecoderCard(Answer):
+    replica: str = Field(description="the decode replica that decoded the upload")
+    device: Literal["cpu", "cuda"] = Field(description="cuda: NVDEC")
+    priority: Literal["normal", "low"] = Field(
+        description="low: a plan over low_priority_megapixels, decoded at idle CPU priority"
+    )
+
+
+class Timings(Answer):
+    decode_ms: float = Field(description="decoding, converting and resizing")
+    decode_wait_ms: float = Field(description="waiting for a worker in the decode replica")
+    queue_ms: float = Field(description="routing, transport and waiting for a model batch")
+    inference_ms: float = Field(description="the model batch(es) this request ran in")
+    total_ms: float
+    frames_decoded: int = Field(description="frames the decoder produced")
+    frames_used: int = Field(description="frames in the clips (shared frames count per clip)")
+
+
+class Classification(Answer):
+    """POST /classify: the top labels, softmax averaged over the views."""
+
+    labels: list[Label]
+    views: Views
+    model: str = Field(description="checkpoint file name and architecture")
+    batch_size: int = Field(description="the largest model batch this request's views ran in")
+    decoder: DecoderCard
+    timings: Timings
+
+
+class Action(Answer):
+    label: str
+    index: int
+    score: float = Field(description="box score x action probability, as AVA scores")
+
+
+class Actor(Answer):
+    box: list[float] = Field(description="x1, y1, x2, y2 normalised to [0, 1]")
+    box_score: float
+    box_source: Literal["request", "localiser"]
+    actions: list[Action]
+
+
+class KeyFrame(Answer):
+    timestamp: float = Field(description="seconds")
+    actors: list[Actor]
+
+
+class Clip(Answer):
+    frames_per_clip: int
+    frame_interval: int
+    image_size: int
+
+
+class Detection(Answer):
+    """POST /detect: per key frame, actor boxes with their actions."""
+
+    keyframes: list[KeyFrame]
+    clip: Clip
+    model: str
+    batch_size: int
+    decoder: DecoderCard
+    timings: Timings
+
+
+class ModelCard(Answer):
+    """GET /v1/model: the served model."""
+
+    id: str
+    task: Literal["classify", "detect"]
+    backbone: str
+    blocks: int
+    heads: int
+    width: int
+    temporal_offsets: list[list[int]] = Field(description="Δt of each head, block by block")
+    frames: int
+    image_size: int
+    classes: list[str]
+    preprocess: dict = Field(description="the checkpoint's preprocessing metadata")
+    default_views: int
+    parameters: int
+    gflops_per_view: float
+    gflops_per_video: float
+    gflops_note: str
+    device: str
+    precision: str
+    compile: str
+    warm_up_s: dict[int, float] = Field(description="seconds per warmed-up batch size")
+
+
+def problem_responses(*statuses: int) -> dict:
+    """OpenAPI entries for the problem answers of an endpoint: application/problem+json only
+    (given a `model`, FastAPI would list application/json as well)."""
+    schema = ProblemDetail.model_json_schema()
+    return {s: {"content": {"application/problem+json": {"schema": schema}}} for s in statuses}
