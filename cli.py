@@ -136,9 +136,9 @@ def train(
 ) -> None:
     """Train a ZeroI2V model (for several GPUs: torchrun -m training.train CONFIG)."""
     from model.backbone import BackboneError
-    from training.annotations import AnnotationError
     from training.checkpoint import TrainCheckpointError
     from training.config import ConfigError, load_config
+    from training.formats.annotations import AnnotationError
     from training.train import TrainingError
     from training.train import train as run
 
@@ -171,12 +171,12 @@ def evaluate(
     from model import CheckpointError, load_merged, read_info
     from model.precision import inference_dtype
     from training import checkpoint as ckpt_io
-    from training.annotations import AnnotationError
     from training.config import ConfigError, load_config
     from training.data import load_annotations, test_loader
     from training.evaluate import evaluate as run_eval
     from training.evaluate import write_report
     from training.export import is_safetensors
+    from training.formats.annotations import AnnotationError
 
     overrides = list(set_)
     if clips:
@@ -236,9 +236,9 @@ def _evaluate_detection(cfg, model, class_names, split, out, device) -> None:
     detections in the AVA results format (detections_<split>.csv)."""
     from tqdm import tqdm
 
-    from training.ava import write_detections
     from training.ava_eval import write_detection_report
     from training.detection import evaluate_detection, keyframe_loader, load_ava
+    from training.formats.ava import write_detections
 
     d = cfg.data
     data = load_ava(cfg, split)
@@ -335,14 +335,14 @@ def synth(
     or (--task ava) AVA-style action detection with AVA's annotation files."""
     try:
         if task is SynthTask.ava:
-            from training.synth_ava import write_synthetic_ava
+            from training.synthetic.ava import write_synthetic_ava
 
             summary = write_synthetic_ava(
                 out, num_train_videos=train_videos, num_val_videos=val_videos, seconds=seconds,
                 size=112 if size is None else size, seed=seed, clutter=clutter,
             )  # fmt: skip
         else:
-            from training.synth import write_synthetic_dataset
+            from training.synthetic.shapes import write_synthetic_dataset
 
             summary = write_synthetic_dataset(
                 out, num_videos_per_class=videos_per_class, num_frames=frames,

@@ -30,7 +30,7 @@ from model import load_merged
 from model.detection import detect_actors
 from training.config import load_config
 from training.detection import evaluate_detection, keyframe_loader, load_ava
-from training.synth_ava import write_synthetic_ava
+from training.synthetic.ava import write_synthetic_ava
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "training/configs/synth_ava_dinov2.yaml"

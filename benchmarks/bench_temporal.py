@@ -3,7 +3,7 @@
 Two datasets whose classes come in pairs of clips holding the same frames in opposite order:
   synth: the synthetic order-only dataset (`zeroi2v synth`): moving shapes, 8 classes;
   arrow: real footage that packages ship (video/packaged.py), forward vs time-reversed
-         (training/arrow_of_time.py).
+         (training/synthetic/arrow_of_time.py).
 Arms train with identical adapters, data, seed and budget; `image_model` differs from
 `zeroi2v` only in `model.temporal_offsets` (all 0), `random_init` only in `model.pretrained`
 (none). Then, per arm:
@@ -29,11 +29,11 @@ from harness import train_arm, video_list_overrides
 
 from model import load_merged
 from model.classification import video_probabilities
-from training.arrow_of_time import CLASS_NAMES as ARROW_CLASSES
-from training.arrow_of_time import write_arrow_dataset
 from training.config import load_config
 from training.data import load_annotations, test_loader
-from training.synth import CLASS_PAIRS, write_synthetic_dataset
+from training.synthetic.arrow_of_time import CLASS_NAMES as ARROW_CLASSES
+from training.synthetic.arrow_of_time import write_arrow_dataset
+from training.synthetic.shapes import CLASS_PAIRS, write_synthetic_dataset
 from video.packaged import CLIPS, available_clips
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import pytest
 
 from model import ZeroI2VConfig
 from tests.helpers import tiny_config, tiny_detect_config, tiny_model_config
-from training.synth import write_synthetic_dataset
+from training.synthetic.shapes import write_synthetic_dataset
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def trained_run(synth_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synth_ava_dir(tmp_path_factory) -> Path:
     """A tiny synthetic AVA set: 4 train + 2 val videos of 3 s at 8 fps, 64 px."""
-    from training.synth_ava import write_synthetic_ava
+    from training.synthetic.ava import write_synthetic_ava
 
     out = tmp_path_factory.mktemp("synth_ava")
     write_synthetic_ava(

@@ -74,7 +74,7 @@ def tiny_config(synth_dir: Path, out_dir: Path, **train) -> Path:
 
 
 def tiny_detect_config(ava_dir: Path, out_dir: Path, **train) -> Path:
-    """The tiny model as an AVA detector on a synthetic AVA set (training/synth_ava.py)."""
+    """The tiny model as an AVA detector on a synthetic AVA set (training/synthetic/ava.py)."""
     ann = ava_dir / "annotations"
     doc = {
         "model": {

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from training.annotations import (
+from training.formats.annotations import (
     AnnotationError,
     Annotations,
     Sample,

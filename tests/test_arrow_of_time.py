@@ -1,4 +1,4 @@
-"""The arrow-of-time dataset cut from real footage (training/arrow_of_time.py)."""
+"""The arrow-of-time dataset cut from real footage (training/synthetic/arrow_of_time.py)."""
 
 import itertools
 import re
@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from training.annotations import read_video_list
-from training.arrow_of_time import (
+from training.formats.annotations import read_video_list
+from training.synthetic.arrow_of_time import (
     CLASS_NAMES,
     clip_starts,
     motion_windows,

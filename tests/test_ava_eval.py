@@ -3,7 +3,6 @@ import random
 
 import pytest
 
-from training.ava import Actor, Detection
 from training.ava_eval import (
     DetectionReport,
     average_precision,
@@ -13,6 +12,7 @@ from training.ava_eval import (
     mean_ap,
     write_detection_report,
 )
+from training.formats.ava import Actor, Detection
 
 LEFT = (0.0, 0.0, 0.5, 0.5)
 RIGHT = (0.5, 0.5, 1.0, 1.0)

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from training.annotations import AnnotationError
-from training.ava import (
+from training.formats.annotations import AnnotationError
+from training.formats.ava import (
     Actor,
     Detection,
     Proposal,

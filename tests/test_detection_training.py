@@ -11,10 +11,10 @@ from cli import app
 from model import load_merged
 from model.detection import DetectionHead
 from training import checkpoint as ckpt_io
-from training.ava import read_detections
 from training.config import ConfigError, load_config
 from training.detection import AvaKeyFrames, jitter_boxes, load_ava
 from training.export import export_merged
+from training.formats.ava import read_detections
 from video.sampling import keyframe_clip
 
 

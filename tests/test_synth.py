@@ -5,12 +5,12 @@ import av
 import numpy as np
 import pytest
 
-from training.annotations import read_class_names, read_video_list
-from training.synth import (
+from training.formats.annotations import read_class_names, read_video_list
+from training.synthetic.shapes import (
     CLASS_PAIRS,
     CLASSES,
-    _background,
     _track,
+    draw_background,
     synth_frames,
     write_mp4,
     write_synthetic_dataset,
@@ -144,13 +144,13 @@ def test_forward_classes_move_as_named(seed):
 
 def test_background_is_cluttered():
     for seed in range(5):
-        background = np.asarray(_background(np.random.default_rng(seed), 64)).reshape(-1, 3)
+        background = np.asarray(draw_background(np.random.default_rng(seed), 64)).reshape(-1, 3)
         assert background.std(axis=0).mean() > 8
         assert len(np.unique(background, axis=0)) > 50
 
 
 def test_clutter_knob_changes_only_the_background():
-    flat = np.asarray(_background(np.random.default_rng(0), 64, clutter=0.0)).reshape(-1, 3)
+    flat = np.asarray(draw_background(np.random.default_rng(0), 64, clutter=0.0)).reshape(-1, 3)
     assert len(np.unique(flat, axis=0)) == 1
     plain = synth_frames("moving_right", np.random.default_rng(0), 8, 64, clutter=0.0)
     busy = synth_frames("moving_right", np.random.default_rng(0), 8, 64, clutter=1.0)

@@ -7,15 +7,14 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from training.ava import (
+from training.formats.ava import (
     iou_matrix,
     read_annotations,
     read_exclusions,
     read_label_map,
     read_proposals,
 )
-from training.synth import _ROTATING_SHAPES, _background
-from training.synth_ava import (
+from training.synthetic.ava import (
     ACTION_IDS,
     ACTIONS,
     FILES,
@@ -28,6 +27,7 @@ from training.synth_ava import (
     render_window,
     write_synthetic_ava,
 )
+from training.synthetic.shapes import ROTATING_SHAPES, draw_background
 from video.decode import VideoReader
 
 TINY = dict(num_train_videos=2, num_val_videos=1, seconds=3, size=64, seed=5)
@@ -122,7 +122,7 @@ def test_boxes_hold_their_actor(seed):
     """With a flat background, each actor's fill colour lies in its own box, at every frame."""
     rng = np.random.default_rng(seed)
     people = _people(rng, 96)
-    background = _background(rng, 96, clutter=0.0)
+    background = draw_background(rng, 96, clutter=0.0)
     motions = [MOTIONS[(seed + i) % len(MOTIONS)] for i in range(len(people))]
     frames, boxes = render_window(background, people, motions, [True] * len(people), rng, 8)
     for t in range(8):
@@ -142,11 +142,11 @@ PAINT = [(250, 40, 40), (0, 0, 0), (255, 255, 255)]  # fill, carried square, out
 def test_box_is_tight(carry):
     """One actor with a white outline on a flat background: the box is the bounding box of all
     it paints (fill, outline, carried square), to within about half a pixel."""
-    shape = _ROTATING_SHAPES["L"]
+    shape = ROTATING_SHAPES["L"]
     person = Person(shape, 0.2 * 96, PAINT[0], PAINT[2])
     for seed in range(4):
         rng = np.random.default_rng(seed)
-        background = _background(rng, 96, clutter=0.0)
+        background = draw_background(rng, 96, clutter=0.0)
         frames, boxes = render_window(background, [person], ["approach"], [carry], rng, 8)
         for t in (0, 4, 7):
             # A flat, muted background has neither pure black nor pure white pixels.
@@ -163,7 +163,7 @@ def test_backward_window_is_forward_window_reversed(forward, backward):
     for seed in range(3):
         setup = np.random.default_rng([seed, 0])
         people = _people(setup, 64)
-        background = _background(setup, 64, clutter=1.0)
+        background = draw_background(setup, 64, clutter=1.0)
         n = len(people)
         # Any actors doing the pair's forward action (or standing) do the backward one instead.
         chosen = np.random.default_rng([seed, 1])

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from training.ava import Actor, Box, Detection, Key, iou_matrix
+from training.formats.ava import Actor, Box, Detection, Key, iou_matrix
 
 
 def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two boxes (training.ava.iou_matrix)."""
+    """Intersection over union of two boxes (training.formats.ava.iou_matrix)."""
     return float(iou_matrix([a], [b])[0, 0])
 
 

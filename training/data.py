@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from training.annotations import (
+from training.augment import ClipAugment
+from training.config import DataConfig, ExperimentConfig
+from training.formats.annotations import (
     Annotations,
     read_hmdb51,
     read_kinetics_csv,
@@ -27,8 +29,6 @@ from training.annotations import (
     read_ucf101,
     read_video_list,
 )
-from training.augment import ClipAugment
-from training.config import DataConfig, ExperimentConfig
 from video.decode import DecodeLimits, VideoError, VideoReader
 from video.views import ViewSpec, make_views
 

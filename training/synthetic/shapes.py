@@ -22,7 +22,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
-from training.annotations import Annotations, Sample, write_video_list
+from training.formats.annotations import Annotations, Sample, write_video_list
 
 # (forward, backward): the backward class is the forward class's clip reversed in time.
 # Image coordinates: x right, y down, so an increasing angle turns clockwise on screen.
@@ -50,7 +50,7 @@ def _regular(n: int, phase_deg: float = 0.0) -> np.ndarray:
 
 
 # Shapes for motion and scaling: any orientation will do.
-_SHAPES = {
+SHAPES = {
     "square": _unit([(-1, -1), (1, -1), (1, 1), (-1, 1)]),
     "circle": _regular(24),
     "triangle": _regular(3, -90),
@@ -61,7 +61,7 @@ _SHAPES = {
 }
 # Shapes for rotation: no rotational symmetry, so the direction of a turn is unambiguous
 # for any step below 180 degrees.
-_ROTATING_SHAPES = {
+ROTATING_SHAPES = {
     "L": _unit([(-1, -1), (-0.3, -1), (-0.3, 0.4), (1, 0.4), (1, 1), (-1, 1)]),
     "arrow": _unit(
         [(-1, -0.25), (0.2, -0.25), (0.2, -0.7), (1, 0), (0.2, 0.7), (0.2, 0.25)] + [(-1, 0.25)]
@@ -73,14 +73,14 @@ _ROTATING_SHAPES = {
 }
 
 
-def _place(shape: np.ndarray, centre, radius: float, angle_deg: float) -> list[tuple]:
+def place(shape: np.ndarray, centre, radius: float, angle_deg: float) -> list[tuple]:
     a = np.deg2rad(angle_deg)
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     pts = shape @ rot.T * radius + np.asarray(centre, dtype=np.float64)
     return [tuple(p) for p in pts]
 
 
-def _vivid(rng: np.random.Generator) -> tuple[int, int, int]:
+def vivid(rng: np.random.Generator) -> tuple[int, int, int]:
     rgb = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.65, 1.0), rng.uniform(0.8, 1.0))
     return tuple(int(round(255 * c)) for c in rgb)
 
@@ -90,7 +90,7 @@ def _muted(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(round(255 * c)) for c in rgb)
 
 
-def _background(rng: np.random.Generator, size: int, clutter: float = 1.0) -> Image.Image:
+def draw_background(rng: np.random.Generator, size: int, clutter: float = 1.0) -> Image.Image:
     """Static clutter: smooth colour noise, muted blocks and blobs, small vivid distractors.
 
     `clutter` scales it: 0 is a flat colour, 1 the full clutter, values between fade the blocks
@@ -116,13 +116,13 @@ def _background(rng: np.random.Generator, size: int, clutter: float = 1.0) -> Im
             (draw.ellipse if ellipse else draw.rectangle)((x, y, x + w, y + h), fill=colour)
     # Distractors look like the moving object, only smaller and still: the class is in the
     # motion, not in which shapes are on screen.
-    kinds = list(_SHAPES.values()) + list(_ROTATING_SHAPES.values())
+    kinds = list(SHAPES.values()) + list(ROTATING_SHAPES.values())
     count = rng.integers(2, 5)
     for i in range(count):
         shape = kinds[rng.integers(len(kinds))]
         radius = rng.uniform(3, 5.5) * k
         centre = rng.uniform(radius, size - radius, 2)
-        polygon, colour = _place(shape, centre, radius, rng.uniform(0, 360)), _vivid(rng)
+        polygon, colour = place(shape, centre, radius, rng.uniform(0, 360)), vivid(rng)
         if i < round(clutter * count):
             draw.polygon(polygon, fill=colour)
     return image
@@ -134,7 +134,7 @@ def _track(kind: str, rng: np.random.Generator, num_frames: int, size: int) -> l
     t = np.arange(num_frames, dtype=np.float64)
     span = max(num_frames - 1, 1)
     if kind in ("moving_right", "moving_down"):
-        shape = list(_SHAPES.values())[rng.integers(len(_SHAPES))]
+        shape = list(SHAPES.values())[rng.integers(len(SHAPES))]
         radius = rng.uniform(6, 10) * k
         room = size - 2 * radius
         # Travel up to 1.1x the room: a little of the object may leave the frame at either end.
@@ -145,29 +145,29 @@ def _track(kind: str, rng: np.random.Generator, num_frames: int, size: int) -> l
         across = np.full_like(t, rng.uniform(radius, size - radius))
         xy = np.stack([along, across] if kind == "moving_right" else [across, along], axis=1)
         angle = rng.uniform(0, 360)
-        return [_place(shape, c, radius, angle) for c in xy]
+        return [place(shape, c, radius, angle) for c in xy]
     if kind == "rotating_clockwise":
-        shape = list(_ROTATING_SHAPES.values())[rng.integers(len(_ROTATING_SHAPES))]
+        shape = list(ROTATING_SHAPES.values())[rng.integers(len(ROTATING_SHAPES))]
         radius = rng.uniform(8, 12) * k
         centre = rng.uniform(radius, size - radius, 2)
         angles = rng.uniform(0, 360) + rng.uniform(15, 30) * t
-        return [_place(shape, centre, radius, a) for a in angles]
+        return [place(shape, centre, radius, a) for a in angles]
     if kind == "growing":
-        shape = list(_SHAPES.values())[rng.integers(len(_SHAPES))]
+        shape = list(SHAPES.values())[rng.integers(len(SHAPES))]
         radius = rng.uniform(6, 10) * k
         scales = 0.4 * 4.0 ** (t / span)  # 0.4x -> 1.6x, the same ratio every frame
         centre = rng.uniform(1.6 * radius, size - 1.6 * radius, 2)
         angle = rng.uniform(0, 360)
-        return [_place(shape, centre, radius * s, angle) for s in scales]
+        return [place(shape, centre, radius * s, angle) for s in scales]
     raise ValueError(f"unknown class {kind!r}; classes are {', '.join(CLASSES)}")
 
 
 def _render(
     kind: str, rng: np.random.Generator, num_frames: int, size: int, clutter: float
 ) -> np.ndarray:
-    background = _background(rng, size, clutter)
+    background = draw_background(rng, size, clutter)
     polygons = _track(kind, rng, num_frames, size)
-    fill = _vivid(rng)
+    fill = vivid(rng)
     outline = (0, 0, 0) if rng.uniform() < 0.5 else (255, 255, 255)
     width = max(1, round(size / 40))
     frames = []
@@ -189,7 +189,7 @@ def synth_frames(
 
     A backward class renders its forward partner with the same draws from `rng` and reverses
     the frames, so for equal rng states the two are exact time reversals of each other.
-    `clutter` (0..1) scales the background clutter (see _background).
+    `clutter` (0..1) scales the background clutter (see draw_background).
     """
     if num_frames < 2:
         raise ValueError(f"num_frames must be at least 2, not {num_frames}")

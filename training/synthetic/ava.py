@@ -3,10 +3,11 @@
 Each video shows 2-3 "people" (vivid, outlined, asymmetric polygons) on a static cluttered
 background. Key frames come at 1 Hz; around each one, a window of `window_frames` frames in which
 every actor does one motion action (MOTIONS) and maybe carries a black square (`carry`, an
-appearance action). The motion pairs work as in training/synth.py: a window of a backward action
-is its forward partner's window, same random draws, played in reverse, so only temporal order
-tells the two apart. Actors are multi-label (a motion, maybe carry) and are annotated with their
-box at the key frame, in AVA's file formats (training/ava.py) and AVA's file names.
+appearance action). The motion pairs work as in training/synthetic/shapes.py: a window of a
+backward action is its forward partner's window, same random draws, played in reverse, so only
+temporal order tells the two apart. Actors are multi-label (a motion, maybe carry) and are
+annotated with their box at the key frame, in AVA's file formats (training/formats/ava.py)
+and AVA's file names.
 
 Between windows the actors jump to new poses (every window is a fresh draw); a frame outside
 every window repeats the last frame shown before it (the first window's first frame, before that
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from training.ava import (
+from training.formats.ava import (
     Actor,
     Box,
     Key,
@@ -35,7 +36,14 @@ from training.ava import (
     write_label_map,
     write_proposals,
 )
-from training.synth import _ROTATING_SHAPES, _SHAPES, _background, _place, _vivid, write_mp4
+from training.synthetic.shapes import (
+    ROTATING_SHAPES,
+    SHAPES,
+    draw_background,
+    place,
+    vivid,
+    write_mp4,
+)
 
 # (forward, backward): a backward window is its forward partner's window reversed in time.
 # Image coordinates: x right, y down, so an increasing angle turns clockwise on screen.
@@ -98,7 +106,7 @@ def _hue(rgb: tuple[int, int, int]) -> float:
 
 
 def _people(rng: np.random.Generator, size: int) -> list[Person]:
-    shapes = list(_ROTATING_SHAPES.values())
+    shapes = list(ROTATING_SHAPES.values())
     people: list[Person] = []
     for _ in range(rng.integers(2, 4)):
         shape = shapes[rng.integers(len(shapes))]
@@ -106,7 +114,7 @@ def _people(rng: np.random.Generator, size: int) -> list[Person]:
         outline = (0, 0, 0) if rng.uniform() < 0.5 else (255, 255, 255)
         # Hues apart, so that actors can be told apart (and followed) by colour.
         while True:
-            fill = _vivid(rng)
+            fill = vivid(rng)
             gaps = [abs(_hue(fill) - _hue(p.fill)) for p in people]
             if all(min(g, 1 - g) > 0.15 for g in gaps):
                 break
@@ -146,12 +154,12 @@ def _actor_polygons(person: Person, track: Track, carry: bool) -> list[list[list
     frames = []
     for centre, angle, scale in zip(track.centres, track.angles, track.scales, strict=True):
         radius = person.radius * scale
-        polygons = [_place(person.shape, centre, radius, angle)]
+        polygons = [place(person.shape, centre, radius, angle)]
         if carry:
             a = np.deg2rad(angle)
             rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
             held = centre + rot @ tip * radius
-            polygons.append(_place(_SHAPES["square"], held, 0.3 * radius, angle))
+            polygons.append(place(SHAPES["square"], held, 0.3 * radius, angle))
         frames.append(polygons)
     return frames
 
@@ -255,7 +263,7 @@ def render_video(
 ) -> SyntheticVideo:
     """One video: windows around the key frames, edge frames repeated in between."""
     people = _people(rng, size)
-    background = _background(rng, size, clutter)
+    background = draw_background(rng, size, clutter)
     half = window_frames // 2
     total = seconds * fps
     frames: list[np.ndarray | None] = [None] * total

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.annotations import Annotations, Sample, write_video_list
-from training.synth import write_mp4
+from training.formats.annotations import Annotations, Sample, write_video_list
+from training.synthetic.shapes import write_mp4
 from video.decode import VideoReader
 from video.views import resize_short_side
 

@@ -35,7 +35,13 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from training.annotations import _check_unique, _error, _int, _lines, _read_text
+from training.formats.annotations import (
+    annotation_error,
+    check_unique,
+    numbered_lines,
+    parse_int,
+    read_text,
+)
 
 Box = tuple[float, float, float, float]  # normalised x1, y1, x2, y2 in [0, 1]
 
@@ -88,17 +94,19 @@ def _fields(file, line: int, text: str, counts: tuple[int, ...], form: str) -> l
     fields = [f.strip() for f in text.split(",")]
     if len(fields) not in counts:
         expected = " or ".join(map(str, counts))
-        raise _error(file, line, f"expected {form} ({expected} columns), got {len(fields)}")
+        raise annotation_error(
+            file, line, f"expected {form} ({expected} columns), got {len(fields)}"
+        )
     return fields
 
 
 def _key(file, line: int, fields: list[str]) -> Key:
     video_id = fields[0]
     if not video_id:
-        raise _error(file, line, "empty video_id")
-    timestamp = _int(file, line, fields[1], "timestamp")
+        raise annotation_error(file, line, "empty video_id")
+    timestamp = parse_int(file, line, fields[1], "timestamp")
     if timestamp < 0:
-        raise _error(file, line, f"negative timestamp {timestamp}")
+        raise annotation_error(file, line, f"negative timestamp {timestamp}")
     return video_id, timestamp
 
 
@@ -106,7 +114,7 @@ def _float(file, line: int, text: str, what: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise _error(file, line, f"{what} {text!r} is not a number") from None
+        raise annotation_error(file, line, f"{what} {text!r} is not a number") from None
 
 
 def _box(file, line: int, fields: list[str]) -> Box:
@@ -115,28 +123,30 @@ def _box(file, line: int, fields: list[str]) -> Box:
         value = _float(file, line, text, name)
         # Written as `not a <= v <= b` so that NaN fails too.
         if not -BOX_TOLERANCE <= value <= 1 + BOX_TOLERANCE:
-            raise _error(file, line, f"{name} {text} is outside [0, 1]")
+            raise annotation_error(file, line, f"{name} {text} is outside [0, 1]")
         values.append(min(1.0, max(0.0, value)))
     x1, y1, x2, y2 = values
     if not (x1 < x2 and y1 < y2):
-        raise _error(file, line, f"empty or inverted box ({x1}, {y1}, {x2}, {y2})")
+        raise annotation_error(file, line, f"empty or inverted box ({x1}, {y1}, {x2}, {y2})")
     return x1, y1, x2, y2
 
 
 def _score(file, line: int, text: str) -> float:
     score = _float(file, line, text, "score")
     if not 0 <= score <= 1:
-        raise _error(file, line, f"score {text} is outside [0, 1]")
+        raise annotation_error(file, line, f"score {text} is outside [0, 1]")
     return score
 
 
 def _action(file, line: int, text: str, label_map: dict[int, str] | None) -> int:
-    action = _int(file, line, text, "action_id")
+    action = parse_int(file, line, text, "action_id")
     if label_map is not None:
         if action not in label_map:
-            raise _error(file, line, f"action_id {action} is not in the label map")
+            raise annotation_error(file, line, f"action_id {action} is not in the label map")
     elif action < 1:
-        raise _error(file, line, f"action_id {action} is not positive (AVA ids start at 1)")
+        raise annotation_error(
+            file, line, f"action_id {action} is not positive (AVA ids start at 1)"
+        )
     return action
 
 
@@ -207,7 +217,7 @@ def read_label_map(path: str | os.PathLike) -> dict[int, str]:
     """id -> name, in id order, from an AVA label map pbtxt: `item` or `label` blocks with a
     `name` and an `id` (or `label_id`); `label_type` and `display_name` are ignored, `#` starts
     a comment."""
-    text = _read_text(path)
+    text = read_text(path)
     items: list[tuple[int, dict[str, tuple[str, int]]]] = []  # (line of `item {`, fields)
     current: dict[str, tuple[str, int]] | None = None
     line = 1
@@ -216,55 +226,55 @@ def read_label_map(path: str | os.PathLike) -> dict[int, str]:
         token = match.group()
         if kind == "open":
             if current is not None:
-                raise _error(path, line, "an item inside another item")
+                raise annotation_error(path, line, "an item inside another item")
             current = {}
             items.append((line, current))
         elif kind == "close":
             if current is None:
-                raise _error(path, line, "`}` outside an item")
+                raise annotation_error(path, line, "`}` outside an item")
             current = None
         elif kind == "field":
             name, value = match.group("name"), match.group("value")
             if current is None:
-                raise _error(path, line, f"field {name!r} outside an item")
+                raise annotation_error(path, line, f"field {name!r} outside an item")
             if name == "label_id":
                 name = "id"
             if name not in ("name", "id", *_IGNORED_FIELDS):
-                raise _error(path, line, f"unknown field {name!r} in a label map item")
+                raise annotation_error(path, line, f"unknown field {name!r} in a label map item")
             if name in current:
-                raise _error(path, line, f"second {name!r} in one item")
+                raise annotation_error(path, line, f"second {name!r} in one item")
             current[name] = (value, line)
         elif kind == "garbage":
-            raise _error(
+            raise annotation_error(
                 path, line, f"unexpected {token!r} (expected `item {{`, `}}` or `field: value`)"
             )
         line += token.count("\n")
     if current is not None:
-        raise _error(path, items[-1][0], "item not closed by `}`")
+        raise annotation_error(path, items[-1][0], "item not closed by `}`")
     if not items:
-        raise _error(path, None, "no items")
+        raise annotation_error(path, None, "no items")
 
     names: dict[int, str] = {}
     first_line: dict[int, int] = {}
     for item_line, fields in items:
         for needed in ("name", "id"):
             if needed not in fields:
-                raise _error(path, item_line, f"item has no {needed}")
+                raise annotation_error(path, item_line, f"item has no {needed}")
         name, name_line = fields["name"]
         if not (len(name) >= 2 and name.startswith('"') and name.endswith('"')):
-            raise _error(path, name_line, f"name {name} is not a quoted string")
+            raise annotation_error(path, name_line, f"name {name} is not a quoted string")
         name = re.sub(r"\\(.)", r"\1", name[1:-1])
         id_text, id_line = fields["id"]
-        label_id = _int(path, id_line, id_text, "id")
+        label_id = parse_int(path, id_line, id_text, "id")
         if label_id < 1:
-            raise _error(path, id_line, f"id {label_id} is not positive")
+            raise annotation_error(path, id_line, f"id {label_id} is not positive")
         if label_id in names:
-            raise _error(
+            raise annotation_error(
                 path, id_line, f"duplicate id {label_id} (first at {first_line[label_id]})"
             )
         names[label_id] = name
         first_line[label_id] = id_line
-    _check_unique(list(names.values()), path, [first_line[i] for i in names])
+    check_unique(list(names.values()), path, [first_line[i] for i in names])
     return dict(sorted(names.items()))
 
 
@@ -304,20 +314,22 @@ def read_annotations(
     # key -> person_id -> (box, actions, line of first row)
     people: dict[Key, dict[int, tuple[Box, set[int], int]]] = {}
     columns = None
-    for n, text in _lines(path):
+    for n, text in numbered_lines(path):
         fields = _fields(path, n, text, (7, 8), _ANNOTATION_FORM)
         if columns is None:
             columns = len(fields)
         elif len(fields) != columns:
-            raise _error(path, n, f"{len(fields)} columns where earlier rows have {columns}")
+            raise annotation_error(
+                path, n, f"{len(fields)} columns where earlier rows have {columns}"
+            )
         key = _key(path, n, fields)
         box = _box(path, n, fields[2:6])
         action = _action(path, n, fields[6], label_map)
         at_key = people.setdefault(key, {})
         if columns == 8:
-            person_id = _int(path, n, fields[7], "person_id")
+            person_id = parse_int(path, n, fields[7], "person_id")
             if person_id < 0:
-                raise _error(path, n, f"negative person_id {person_id}")
+                raise annotation_error(path, n, f"negative person_id {person_id}")
         else:
             person_id = next(
                 (p for p, (b, _, _) in at_key.items() if _same_box(b, box)), len(at_key)
@@ -328,7 +340,7 @@ def read_annotations(
         first_box, actions, first = at_key[person_id]
         if not _same_box(first_box, box):
             where = f"{key[0]},{key[1]:04d}"
-            raise _error(
+            raise annotation_error(
                 path,
                 n,
                 f"person {person_id} at {where} has box {box}, but {first_box} at line {first}",
@@ -368,7 +380,7 @@ def write_annotations(path: str | os.PathLike, actors: dict[Key, list[Actor]]) -
 
 def read_exclusions(path: str | os.PathLike) -> set[Key]:
     keys = set()
-    for n, text in _lines(path):
+    for n, text in numbered_lines(path):
         keys.add(_key(path, n, _fields(path, n, text, (2,), "video_id,timestamp")))
     return keys
 
@@ -384,7 +396,7 @@ def write_exclusions(path: str | os.PathLike, keys: Iterable[Key]) -> None:
 
 def read_proposals(path: str | os.PathLike) -> dict[Key, list[Proposal]]:
     proposals: dict[Key, list[Proposal]] = {}
-    for n, text in _lines(path):
+    for n, text in numbered_lines(path):
         fields = _fields(path, n, text, (7,), "video_id,timestamp,x1,y1,x2,y2,score")
         key = _key(path, n, fields)
         proposal = Proposal(_box(path, n, fields[2:6]), _score(path, n, fields[6]))
@@ -410,14 +422,14 @@ def read_detections(path: str | os.PathLike) -> dict[Key, list[Detection]]:
     """Scores may be any finite number (logits as well as probabilities): only their order
     matters to the evaluation."""
     detections: dict[Key, list[Detection]] = {}
-    for n, text in _lines(path):
+    for n, text in numbered_lines(path):
         fields = _fields(path, n, text, (8,), "video_id,timestamp,x1,y1,x2,y2,action_id,score")
         key = _key(path, n, fields)
         box = _box(path, n, fields[2:6])
         action = _action(path, n, fields[6], None)
         score = _float(path, n, fields[7], "score")
         if not math.isfinite(score):
-            raise _error(path, n, f"score {fields[7]} is not finite")
+            raise annotation_error(path, n, f"score {fields[7]} is not finite")
         detections.setdefault(key, []).append(Detection(box, action, score))
     return detections
 

@@ -42,51 +42,55 @@ class Annotations:
 # helpers
 
 
-def _error(file: str | os.PathLike, line: int | str | None, message: str) -> AnnotationError:
+def annotation_error(
+    file: str | os.PathLike, line: int | str | None, message: str
+) -> AnnotationError:
     where = f"{file}:{line}" if isinstance(line, int) else f"{file}"
     if isinstance(line, str):  # a JSON entry, not a line
         where += f": {line}"
     return AnnotationError(f"{where}: {message}")
 
 
-def _read_text(file: str | os.PathLike) -> str:
+def read_text(file: str | os.PathLike) -> str:
     path = Path(file)
     try:
         # utf-8-sig: lists written on Windows (UCF101's are) may start with a BOM.
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise _error(path, None, "file not found") from None
+        raise annotation_error(path, None, "file not found") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise _error(path, None, f"cannot read: {e}") from None
+        raise annotation_error(path, None, f"cannot read: {e}") from None
     if not text.strip():
-        raise _error(path, None, "empty file")
+        raise annotation_error(path, None, "empty file")
     return text
 
 
-def _lines(file: str | os.PathLike) -> list[tuple[int, str]]:
+def numbered_lines(file: str | os.PathLike) -> list[tuple[int, str]]:
     """(1-based line number, stripped text) of the non-blank lines."""
-    text = _read_text(file)
+    text = read_text(file)
     return [(n, s.strip()) for n, s in enumerate(text.splitlines(), 1) if s.strip()]
 
 
-def _int(file: str | os.PathLike, line: int | str, text: str, what: str) -> int:
+def parse_int(file: str | os.PathLike, line: int | str, text: str, what: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise _error(file, line, f"{what} {text!r} is not an integer") from None
+        raise annotation_error(file, line, f"{what} {text!r} is not an integer") from None
 
 
-def _check_unique(names: Sequence[str], file: str | os.PathLike, lines: Sequence[int | str]):
+def check_unique(names: Sequence[str], file: str | os.PathLike, lines: Sequence[int | str]):
     first: dict[str, int | str] = {}
     for name, line in zip(names, lines, strict=True):
         if name in first:
-            raise _error(file, line, f"duplicate class name {name!r} (first at {first[name]})")
+            raise annotation_error(
+                file, line, f"duplicate class name {name!r} (first at {first[name]})"
+            )
         first[name] = line
 
 
 def _check_label(file, line, label: int, num_classes: int, names_from: str) -> None:
     if not 0 <= label < num_classes:
-        raise _error(
+        raise annotation_error(
             file, line, f"label {label} out of range: {num_classes} class names in {names_from}"
         )
 
@@ -94,13 +98,13 @@ def _check_label(file, line, label: int, num_classes: int, names_from: str) -> N
 def read_class_names(file: str | os.PathLike) -> list[str]:
     """One class name per line; line n (1-based) is class n - 1. Trailing blank lines are fine,
     blank lines between names are not (dropping them would shift every later index)."""
-    lines = [s.strip() for s in _read_text(file).splitlines()]
+    lines = [s.strip() for s in read_text(file).splitlines()]
     while lines and not lines[-1]:
         lines.pop()
     for n, name in enumerate(lines, 1):
         if not name:
-            raise _error(file, n, "blank line between class names")
-    _check_unique(lines, file, range(1, len(lines) + 1))
+            raise annotation_error(file, n, "blank line between class names")
+    check_unique(lines, file, range(1, len(lines) + 1))
     return lines
 
 
@@ -122,21 +126,21 @@ def read_video_list(
     root = Path(root)
     names = read_class_names(class_names_file) if class_names_file is not None else None
     samples = []
-    for n, line in _lines(list_file):
+    for n, line in numbered_lines(list_file):
         if line.startswith("#"):
             continue
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2:
-            raise _error(list_file, n, f"expected 'path label', got {line!r}")
+            raise annotation_error(list_file, n, f"expected 'path label', got {line!r}")
         path, label_text = parts
-        label = _int(list_file, n, label_text, "label")
+        label = parse_int(list_file, n, label_text, "label")
         if names is not None:
             _check_label(list_file, n, label, len(names), str(class_names_file))
         elif label < 0:
-            raise _error(list_file, n, f"negative label {label}")
+            raise annotation_error(list_file, n, f"negative label {label}")
         samples.append(Sample(root / path, label))
     if not samples:
-        raise _error(list_file, None, "no samples, only comments")
+        raise annotation_error(list_file, None, "no samples, only comments")
     if names is None:
         names = [str(i) for i in range(max(s.label for s in samples) + 1)]
     return Annotations(samples, names)
@@ -182,7 +186,7 @@ def kinetics_clip_id(youtube_id: str, time_start: int, time_end: int) -> str:
     return f"{youtube_id}_{time_start:06d}_{time_end:06d}"
 
 
-class _DirIndex:
+class DirIndex:
     """File names per directory, listed once: a stat per candidate name would cost ~24 system
     calls per missing clip, and Kinetics has hundreds of thousands of clips."""
 
@@ -210,7 +214,7 @@ def _kinetics_time(file, line: int, text: str, what: str) -> int:
     except ValueError:
         value = float("nan")
     if not value.is_integer() or value < 0:
-        raise _error(file, line, f"{what} {text!r} is not a whole number of seconds")
+        raise annotation_error(file, line, f"{what} {text!r} is not a whole number of seconds")
     return int(value)
 
 
@@ -232,15 +236,17 @@ def read_kinetics_csv(
     `missing` by their standard stem (see kinetics_clip_id), not silently dropped.
     """
     root = Path(root)
-    reader = csv.reader(io.StringIO(_read_text(csv_file)))
+    reader = csv.reader(io.StringIO(read_text(csv_file)))
     header = [h.strip() for h in next(reader)]
     absent = [c for c in ("youtube_id", "time_start", "time_end") if c not in header]
     if absent:
-        raise _error(csv_file, 1, f"header lacks {', '.join(absent)}: {','.join(header)}")
+        raise annotation_error(csv_file, 1, f"header lacks {', '.join(absent)}: {','.join(header)}")
     if "label" not in header:
-        raise _error(csv_file, 1, "no 'label' column: this split has no labels (Kinetics test?)")
+        raise annotation_error(
+            csv_file, 1, "no 'label' column: this split has no labels (Kinetics test?)"
+        )
     if split is not None and "split" not in header:
-        raise _error(csv_file, 1, f"no 'split' column to select split {split!r} from")
+        raise annotation_error(csv_file, 1, f"no 'split' column to select split {split!r} from")
 
     rows = []  # (line, label, youtube_id, start, end)
     splits_seen = set()
@@ -249,36 +255,42 @@ def read_kinetics_csv(
         if not any(c.strip() for c in row):
             continue
         if len(row) != len(header):
-            raise _error(csv_file, n, f"expected {len(header)} columns, got {len(row)}")
+            raise annotation_error(csv_file, n, f"expected {len(header)} columns, got {len(row)}")
         record = {k: v.strip() for k, v in zip(header, row, strict=True)}
         if split is not None:
             splits_seen.add(record["split"])
             if record["split"] != split:
                 continue
         if not record["label"]:
-            raise _error(csv_file, n, "empty label: this split has no labels (Kinetics test?)")
+            raise annotation_error(
+                csv_file, n, "empty label: this split has no labels (Kinetics test?)"
+            )
         if not record["youtube_id"]:
-            raise _error(csv_file, n, "empty youtube_id")
+            raise annotation_error(csv_file, n, "empty youtube_id")
         start = _kinetics_time(csv_file, n, record["time_start"], "time_start")
         end = _kinetics_time(csv_file, n, record["time_end"], "time_end")
         rows.append((n, record["label"], record["youtube_id"], start, end))
     if not rows:
         if split is not None:
-            raise _error(csv_file, None, f"no rows of split {split!r} (has {sorted(splits_seen)})")
-        raise _error(csv_file, None, "no rows")
+            raise annotation_error(
+                csv_file, None, f"no rows of split {split!r} (has {sorted(splits_seen)})"
+            )
+        raise annotation_error(csv_file, None, "no rows")
 
     if class_names is None:
         names = sorted({label for _, label, *_ in rows})
     else:
         names = list(class_names)
-        _check_unique(names, "class_names", [f"index {i}" for i in range(len(names))])
+        check_unique(names, "class_names", [f"index {i}" for i in range(len(names))])
     index = {name: i for i, name in enumerate(names)}
 
-    files = _DirIndex()
+    files = DirIndex()
     samples, missing = [], []
     for n, label, youtube_id, start, end in rows:
         if label not in index:
-            raise _error(csv_file, n, f"unknown class name {label!r} (not in the class names)")
+            raise annotation_error(
+                csv_file, n, f"unknown class name {label!r} (not in the class names)"
+            )
         clip = kinetics_clip_id(youtube_id, start, end)
         dirs = dict.fromkeys([root / label, root / label.replace(" ", "_"), root])
         path = files.find(dirs, [clip, youtube_id])
@@ -295,30 +307,36 @@ def read_kinetics_csv(
 
 def _read_json(file: str | os.PathLike, object_pairs_hook=None):
     try:
-        return json.loads(_read_text(file), object_pairs_hook=object_pairs_hook)
+        return json.loads(read_text(file), object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as e:
-        raise _error(file, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+        raise annotation_error(
+            file, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})"
+        ) from None
 
 
 def _ssv2_class_names(labels_json: str | os.PathLike) -> list[str]:
     pairs = _read_json(labels_json, object_pairs_hook=list)
     if not isinstance(pairs, list) or not pairs or not all(isinstance(p, tuple) for p in pairs):
-        raise _error(labels_json, None, 'expected a non-empty object {"template": "index", ...}')
+        raise annotation_error(
+            labels_json, None, 'expected a non-empty object {"template": "index", ...}'
+        )
     names, indices = [], []
     for name, value in pairs:
         where = f"entry {name!r}"
         if not isinstance(value, (str, int)) or isinstance(value, bool):
-            raise _error(labels_json, where, f"index {value!r} is not an integer")
+            raise annotation_error(labels_json, where, f"index {value!r} is not an integer")
         names.append(name)
-        indices.append(_int(labels_json, where, str(value), "index"))
-    _check_unique(names, labels_json, [f"entry {i}" for i in range(len(names))])
+        indices.append(parse_int(labels_json, where, str(value), "index"))
+    check_unique(names, labels_json, [f"entry {i}" for i in range(len(names))])
     by_index = dict(zip(indices, names, strict=True))
     if len(by_index) != len(names):
         dup = next(i for i in indices if indices.count(i) > 1)
-        raise _error(labels_json, None, f"index {dup} is used by more than one template")
+        raise annotation_error(labels_json, None, f"index {dup} is used by more than one template")
     if sorted(by_index) != list(range(len(names))):
         gaps = sorted(set(range(len(names))) - set(by_index))
-        raise _error(labels_json, None, f"indices are not 0..{len(names) - 1}: missing {gaps}")
+        raise annotation_error(
+            labels_json, None, f"indices are not 0..{len(names) - 1}: missing {gaps}"
+        )
     return [by_index[i] for i in range(len(names))]
 
 
@@ -333,24 +351,26 @@ def read_ssv2(
     index = {name: i for i, name in enumerate(names)}
     entries = _read_json(split_json)
     if not isinstance(entries, list) or not entries:
-        raise _error(split_json, None, "expected a non-empty list of videos")
+        raise annotation_error(split_json, None, "expected a non-empty list of videos")
     samples = []
     for i, entry in enumerate(entries):
         where = f"entry {i}"
         if not isinstance(entry, dict):
-            raise _error(split_json, where, "expected an object")
+            raise annotation_error(split_json, where, "expected an object")
         video_id = entry.get("id")
         if not isinstance(video_id, (str, int)) or isinstance(video_id, bool) or video_id == "":
-            raise _error(split_json, where, f"bad or missing 'id': {video_id!r}")
+            raise annotation_error(split_json, where, f"bad or missing 'id': {video_id!r}")
         where += f" (id {video_id})"
         template = entry.get("template")
         if template is None:
-            raise _error(split_json, where, "no 'template': this split has no labels (SSv2 test?)")
+            raise annotation_error(
+                split_json, where, "no 'template': this split has no labels (SSv2 test?)"
+            )
         if not isinstance(template, str):
-            raise _error(split_json, where, f"'template' is not a string: {template!r}")
+            raise annotation_error(split_json, where, f"'template' is not a string: {template!r}")
         name = template.replace("[", "").replace("]", "")
         if name not in index:
-            raise _error(split_json, where, f"template {name!r} is not in {labels_json}")
+            raise annotation_error(split_json, where, f"template {name!r} is not in {labels_json}")
         samples.append(Sample(root / f"{video_id}.webm", index[name]))
     return Annotations(samples, names)
 
@@ -361,18 +381,20 @@ def read_ssv2(
 
 def _ucf101_class_names(class_ind_file: str | os.PathLike) -> list[str]:
     by_index: dict[int, tuple[str, int]] = {}
-    for n, line in _lines(class_ind_file):
+    for n, line in numbered_lines(class_ind_file):
         parts = line.split(maxsplit=1)
         if len(parts) != 2:
-            raise _error(class_ind_file, n, f"expected 'index ClassName', got {line!r}")
-        i = _int(class_ind_file, n, parts[0], "class index")
+            raise annotation_error(class_ind_file, n, f"expected 'index ClassName', got {line!r}")
+        i = parse_int(class_ind_file, n, parts[0], "class index")
         if i in by_index:
-            raise _error(class_ind_file, n, f"class index {i} repeats line {by_index[i][1]}")
+            raise annotation_error(
+                class_ind_file, n, f"class index {i} repeats line {by_index[i][1]}"
+            )
         by_index[i] = (parts[1].strip(), n)
     if sorted(by_index) != list(range(1, len(by_index) + 1)):
-        raise _error(class_ind_file, None, f"class indices are not 1..{len(by_index)}")
+        raise annotation_error(class_ind_file, None, f"class indices are not 1..{len(by_index)}")
     rows = [by_index[i] for i in sorted(by_index)]
-    _check_unique([name for name, _ in rows], class_ind_file, [n for _, n in rows])
+    check_unique([name for name, _ in rows], class_ind_file, [n for _, n in rows])
     return [name for name, _ in rows]
 
 
@@ -388,29 +410,31 @@ def read_ucf101(
     # Case-insensitive fallback: UCF101 spells HandstandPushups/HandStandPushups both ways.
     by_folder_lower = {name.lower(): i for i, name in enumerate(names)}
     samples = []
-    for n, line in _lines(split_file):
+    for n, line in numbered_lines(split_file):
         parts = line.split()
         if len(parts) not in (1, 2):
-            raise _error(split_file, n, f"expected 'Class/video.avi [label]', got {line!r}")
+            raise annotation_error(
+                split_file, n, f"expected 'Class/video.avi [label]', got {line!r}"
+            )
         path = parts[0]
         folder = path.split("/")[0] if "/" in path else None
         from_folder = None
         if folder is not None:
             from_folder = by_folder.get(folder, by_folder_lower.get(folder.lower()))
         if len(parts) == 2:
-            label = _int(split_file, n, parts[1], "label") - 1
+            label = parse_int(split_file, n, parts[1], "label") - 1
             if not 0 <= label < len(names):
-                raise _error(
+                raise annotation_error(
                     split_file,
                     n,
                     f"label {label + 1} out of range 1..{len(names)} ({class_ind_file})",
                 )
             if from_folder is not None and from_folder != label:
-                raise _error(
+                raise annotation_error(
                     split_file, n, f"label {label + 1} ({names[label]}) disagrees with {folder}/"
                 )
         elif from_folder is None:
-            raise _error(split_file, n, f"no label and no known class folder in {path!r}")
+            raise annotation_error(split_file, n, f"no label and no known class folder in {path!r}")
         else:
             label = from_folder
         samples.append(Sample(root / path, label))
@@ -446,14 +470,14 @@ def read_hmdb51(
     samples = []
     for label, action in enumerate(actions):
         file = splits_dir / f"{action}{suffix}"
-        for n, line in _lines(file):
+        for n, line in numbered_lines(file):
             parts = line.rsplit(maxsplit=1)
             if len(parts) != 2:
-                raise _error(file, n, f"expected 'video.avi id', got {line!r}")
+                raise annotation_error(file, n, f"expected 'video.avi id', got {line!r}")
             video, id_text = parts
-            split_id = _int(file, n, id_text, "split id")
+            split_id = parse_int(file, n, id_text, "split id")
             if split_id not in (0, 1, 2):
-                raise _error(file, n, f"split id {split_id} is not 0, 1 or 2")
+                raise annotation_error(file, n, f"split id {split_id} is not 0, 1 or 2")
             if split_id == wanted:
                 samples.append(Sample(root / action / video, label))
     if not samples:
