@@ -147,9 +147,9 @@ def train(
         summary = run(cfg, resume=resume)
     except (ConfigError, AnnotationError, BackboneError, TrainingError, TrainCheckpointError) as e:
         _fail(str(e))
-    if summary:
-        keys = ("key_frames", "mAP") if "mAP" in summary else ("videos", "top1", "top5")
-        typer.echo(json.dumps({k: summary[k] for k in keys}))
+    if summary:  # the final eval.json's headline, whichever task wrote it
+        keys = ("videos", "key_frames", "top1", "top5", "mAP")
+        typer.echo(json.dumps({k: summary[k] for k in keys if k in summary}))
 
 
 @app.command("eval")
@@ -165,18 +165,17 @@ def evaluate(
     base: str = typer.Option(None, help=BASE_HELP),
 ) -> None:
     """Multi-view evaluation: top-1, top-5, per-class accuracy, confusion matrix; for detection
-    models, frame mAP@0.5 with per-class AP (AVA protocol)."""
+    models, frame mAP@0.5 with per-class AP (AVA protocol) and the detections as AVA CSV."""
     import torch
+    from tqdm import tqdm
 
     from model import CheckpointError, load_merged, read_info
     from model.precision import inference_dtype
     from training import checkpoint as ckpt_io
     from training.config import ConfigError, load_config
-    from training.data import load_annotations, test_loader
-    from training.evaluate import evaluate as run_eval
-    from training.evaluate import write_report
     from training.export import is_safetensors
     from training.formats.annotations import AnnotationError
+    from training.tasks import TASKS, TaskError
 
     overrides = list(set_)
     if clips:
@@ -203,65 +202,25 @@ def evaluate(
         model.cast_backbone(dtype)
         if cfg.model.task != model.cfg.task:
             _fail(f"{checkpoint} is a {model.cfg.task} model; {config} is a {cfg.model.task} setup")
-        if cfg.model.task == "detect":
-            _evaluate_detection(cfg, model, class_names, split, out, device)
-            return
-        annotations = load_annotations(cfg, split, class_names=class_names)
-    except (ConfigError, CheckpointError, ckpt_io.TrainCheckpointError, AnnotationError) as e:
+        spec = cfg.view_spec(train=False)
+        if spec.sampling.num_frames != model.cfg.num_frames:
+            _fail(
+                f"config samples {spec.sampling.num_frames} frames; model takes "
+                f"{model.cfg.num_frames}"
+            )
+        task = TASKS[cfg.model.task]
+        data, loader = task.eval_loader(cfg, split, class_names)
+        progress = lambda it: tqdm(it, desc="eval", unit="batch")  # noqa: E731
+        result = task.evaluate(model, loader, data, cfg, device, progress=progress)
+    except (ConfigError, CheckpointError, ckpt_io.TrainCheckpointError, AnnotationError,
+            TaskError) as e:  # fmt: skip
         _fail(str(e))
-    if annotations.class_names != class_names:
-        _fail(f"{checkpoint} was trained on other classes than {config}'s {split} split")
-    spec = cfg.view_spec(train=False)
-    if spec.sampling.num_frames != model.cfg.num_frames:
-        _fail(
-            f"config samples {spec.sampling.num_frames} frames; model takes {model.cfg.num_frames}"
-        )
-    loader = test_loader(annotations, spec, cfg.data.num_workers, max(1, 8 // spec.num_views))
-    from tqdm import tqdm
-
-    result = run_eval(
-        model, loader, class_names, device, progress=lambda it: tqdm(it, desc="eval", unit="batch"),
-    )  # fmt: skip
-    paths = write_report(result, out or cfg.path(cfg.train.out_dir), name=f"eval_{split}")
-    for b in result.broken:
-        typer.secho(f"warning: unreadable video {b}", fg="yellow", err=True)
-    typer.echo(
-        json.dumps({"videos": result.count, "views": spec.num_views, "top1": result.top1,
-                    "top5": result.top5, "report": str(paths["json"])})
-    )  # fmt: skip
-
-
-def _evaluate_detection(cfg, model, class_names, split, out, device) -> None:
-    """Frame mAP@0.5 (AVA protocol) on an AVA-format split: eval JSON + AP chart + the
-    detections in the AVA results format (detections_<split>.csv)."""
-    from tqdm import tqdm
-
-    from training.ava_eval import write_detection_report
-    from training.detection import evaluate_detection, keyframe_loader, load_ava
-    from training.formats.ava import write_detections
-
-    d = cfg.data
-    data = load_ava(cfg, split)
-    if data.class_names != class_names:
-        _fail(f"the model's actions differ from the label map {d.labels}")
-    loader = keyframe_loader(data, cfg.view_spec(train=False), d.num_workers, d.time_offset)
-    try:
-        detections: dict = {}
-        report = evaluate_detection(
-            model, loader, data, d.detect_boxes, d.detect_threshold, device,
-            progress=lambda it: tqdm(it, desc="eval", unit="batch"), detections_out=detections,
-        )  # fmt: skip
     except ValueError as e:  # e.g. detect_boxes: proposals without a proposals file
         _fail(str(e))
-    folder = out or cfg.path(cfg.train.out_dir)
-    paths = write_detection_report(report, folder, name=f"eval_{split}")
-    write_detections(folder / f"detections_{split}.csv", detections)
-    for b in report.broken:
-        typer.secho(f"warning: unreadable clip {b}", fg="yellow", err=True)
-    typer.echo(
-        json.dumps({"key_frames": report.key_frames, "boxes": d.detect_boxes, "mAP": report.mAP,
-                    "box_recall": report.box_recall, "report": str(paths["json"])})
-    )  # fmt: skip
+    paths = task.write_report(result, out or cfg.path(cfg.train.out_dir), name=f"eval_{split}")
+    for b in result.broken:
+        typer.secho(f"warning: unreadable video {b}", fg="yellow", err=True)
+    typer.echo(json.dumps({**result.headline(), "report": str(paths["json"])}))
 
 
 @app.command()
@@ -275,40 +234,39 @@ def predict(
     base: str = typer.Option(None, help=BASE_HELP),
 ) -> None:
     """Top-k labels for one local video file (a detection model: actors with their top-k
-    actions at each 1 Hz key frame)."""
+    actions at each 1 Hz key frame): the service's answer, computed in this process."""
+    import asyncio
+    import time
+
     from model import CheckpointError
-    from model.detection import BOX_THRESHOLD
+    from service.local import LocalBackend
     from service.model_runner import ModelRunner
-    from video.decode import VideoError
-    from video.views import ViewSpec, load_keyframe_clips, load_views
+    from service.problems import Problem
+    from service.settings import ServiceSettings
+    from service.video_service import VideoService
+    from video.decode import DecodeLimits
 
     try:
         runner = ModelRunner(str(model), precision=precision, base=base)
-        spec = ViewSpec.from_preprocess(runner.info.preprocess).with_views(clips, crops)
-        if runner.task == "detect":
-            key_clips, times, _ = load_keyframe_clips(video, spec)
-        else:
-            views, _ = load_views(video, spec)
-    except (CheckpointError, VideoError, ValueError) as e:
+    except (CheckpointError, ValueError) as e:
         _fail(str(e))
-    names = runner.info.class_names
-    if runner.task == "detect":
-        found = runner.detect([(c, None) for c in key_clips])
-        for t, actors in zip(times, found, strict=True):
-            keep = actors.box_scores >= BOX_THRESHOLD
-            typer.echo(f"{t:.1f} s: {int(keep.sum())} actor(s)")
-            for box, box_score, scores in zip(actors.boxes[keep], actors.box_scores[keep],
-                                              actors.scores[keep], strict=True):  # fmt: skip
-                top = scores.topk(min(top_k, len(scores)))
-                pairs = zip(top.values.tolist(), top.indices.tolist(), strict=True)
-                labels = ", ".join(f"{names[i]} {s:.2f}" for s, i in pairs)
-                coords = ", ".join(f"{v:.3f}" for v in box.tolist())
-                typer.echo(f"  [{coords}] person {box_score:.2f}: {labels}")
-        return
-    probs = runner.probabilities(views)
-    scores, indices = probs.topk(min(top_k, len(probs)))
-    for score, index in zip(scores.tolist(), indices.tolist(), strict=True):
-        typer.echo(f"{score:.4f}  {names[index]}")
+    # The service's pipeline with the limits of a local file (the library's decode defaults).
+    settings = ServiceSettings(
+        model_path=str(model), base=base, max_top_k=top_k, max_views=10**6,
+        max_decode_megapixels=10**9, decode_timeout_s=DecodeLimits.timeout_s,
+    )  # fmt: skip
+    service = VideoService(settings, runner.info, LocalBackend(runner, settings))
+    params = service.task.local_params(top_k, clips, crops)
+    try:
+        data = video.read_bytes()
+    except OSError as e:
+        _fail(f"{video}: cannot read: {e.strerror}")
+    try:
+        answer = asyncio.run(service.predict(data, service.check(params), time.perf_counter()))
+    except Problem as e:
+        _fail(f"{video}: {e.detail}")
+    for line in answer.text(top_k):
+        typer.echo(line)
 
 
 class SynthTask(str, Enum):

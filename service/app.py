@@ -31,7 +31,8 @@ from service.responses import (
     Status,
     problem_responses,
 )
-from service.video_service import ClassifyParams, DetectParams, VideoService, parse_boxes
+from service.tasks import ClassifyParams, DetectParams
+from service.video_service import VideoService, parse_boxes
 
 
 def create_app() -> FastAPI:
@@ -121,10 +122,10 @@ def create_app() -> FastAPI:
         authorize(request)
         svc = service(request)
         svc.require_task("classify")
-        params = svc.check_params(ClassifyParams(top_k, temporal_clips, spatial_crops, sampling))
+        params = svc.check(ClassifyParams(top_k, temporal_clips, spatial_crops, sampling))
         body, _ = await receive(request, svc)
         async with svc.admission():
-            return await within_deadline(svc, svc.classify(body, params, start))
+            return await within_deadline(svc, svc.predict(body, params, start))
 
     @app.post(
         "/detect",
@@ -171,18 +172,17 @@ def create_app() -> FastAPI:
                 raise problems.bad_parameters(
                     f"timestamps: {timestamps!r} is not a comma-separated list of seconds"
                 ) from None
-        params = DetectParams(times, parse_boxes(boxes), score_threshold, box_threshold)
-        svc.check_detect_params(params)
+        params = svc.check(DetectParams(times, parse_boxes(boxes), score_threshold, box_threshold))
         body, form = await receive(request, svc, ("boxes",))
         if "boxes" in form:
             if boxes is not None:
                 raise problems.bad_parameters("boxes: send them as the form field or the "
                                               "query parameter, not both")  # fmt: skip
-            params = svc.check_detect_params(
+            params = svc.check(
                 DetectParams(times, parse_boxes(form["boxes"]), score_threshold, box_threshold)
             )
         async with svc.admission():
-            return await within_deadline(svc, svc.detect(body, params, start))
+            return await within_deadline(svc, svc.predict(body, params, start))
 
     return app
 

@@ -33,7 +33,8 @@ from service.decoding import Decoded, Decoder
 from service.metrics import IngressMetrics, ModelMetrics, keep_fresh
 from service.model_runner import ModelRunner
 from service.settings import BATCH_WAIT_TIMEOUT_S, MAX_BATCH_SIZE, ServiceSettings
-from service.video_service import DetectInference, Inference, VideoService, boxes_per_clip
+from service.tasks import TASKS, Inference, ServingTask
+from service.video_service import VideoService
 from video.views import ViewSpec
 
 
@@ -64,11 +65,9 @@ class DecodeDeployment:
             self.decoder.device,
         )  # fmt: skip
 
-    async def clips(self, data: bytes, spec: ViewSpec, sampling: str) -> Decoded:
-        return await self.decoder.clips(data, spec, sampling)
-
-    async def keyframe_clips(self, data: bytes, spec: ViewSpec, times: list | None) -> Decoded:
-        return await self.decoder.keyframe_clips(data, spec, times)
+    async def decode(self, data: bytes, method: str, *args) -> Decoded:
+        """The Decoder method a task names (ServingTask.decode_call) on the upload."""
+        return await getattr(self.decoder, method)(data, *args)
 
 
 @serve.deployment(name="Model", max_ongoing_requests=64, **HEALTH_CHECKS)
@@ -81,10 +80,9 @@ class ModelDeployment:
         self.runner = ModelRunner(
             s.model_path, device, s.precision, s.compile, s.max_batch_size, base=s.base
         )
-        self.infer_views.set_max_batch_size(s.max_batch_size)
-        self.infer_views.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
-        self.detect_clips.set_max_batch_size(s.max_batch_size)
-        self.detect_clips.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
+        self.infer.set_max_batch_size(s.max_batch_size)
+        self.infer.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
+        self.task = TASKS[self.runner.task]
         self.metrics = ModelMetrics()
         self.waiting = 0
         cpu = self.runner.device.type == "cpu"
@@ -97,49 +95,25 @@ class ModelDeployment:
         )  # fmt: skip
 
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
-    async def infer_views(self, views: list[torch.Tensor]) -> list[tuple]:
-        start = time.perf_counter()
-        self.waiting -= len(views)
-        self.metrics.queue_depth.set(self.waiting)
-        self.metrics.batch_size.observe(len(views))
-        # Run here, blocking the replica's loop: views that arrive meanwhile wait and form the
-        # next batch. (Run in a thread, batches went concurrent and stayed at 1-2 views.)
-        probs = self.runner.run(views)
-        seconds = time.perf_counter() - start
-        return [(p, seconds, len(views)) for p in probs]
-
-    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
-    async def detect_clips(self, items: list[tuple]) -> list[tuple]:
-        """Detection's batch: key-frame clips of any requests, each with its boxes or None."""
+    async def infer(self, items: list) -> list[tuple]:
+        """One model batch of items from any requests (views, or key-frame clips with boxes)."""
         start = time.perf_counter()
         self.waiting -= len(items)
         self.metrics.queue_depth.set(self.waiting)
         self.metrics.batch_size.observe(len(items))
-        found = self.runner.detect(items)
+        # Run here, blocking the replica's loop: items that arrive meanwhile wait and form the
+        # next batch. (Run in a thread, batches went concurrent and stayed at 1-2 views.)
+        results = self.task.run(self.runner, items)
         seconds = time.perf_counter() - start
-        return [(f, seconds, len(items)) for f in found]
+        return [(r, seconds, len(items)) for r in results]
 
-    async def detect(self, decoded: Decoded, spec: ViewSpec, boxes: dict) -> DetectInference:
-        clips = self.runner.keyframe_inputs(decoded.clips, spec)
-        given = boxes_per_clip(decoded.times, boxes)
-        self.waiting += len(clips)
+    async def predict(self, decoded: Decoded, spec: ViewSpec, params) -> Inference:
+        items = self.task.items(self.runner, decoded, spec, params)
+        self.waiting += len(items)
         self.metrics.queue_depth.set(self.waiting)
-        pairs = list(zip(clips, given, strict=True))
-        results = await in_rounds(self.detect_clips, pairs, self.views_per_round)
-        return DetectInference(
-            actors=[r[0] for r in results],
-            inference_ms=max(r[1] for r in results) * 1e3,
-            batch_size=max(r[2] for r in results),
-            decoded=decoded.stats(),
-        )
-
-    async def classify(self, decoded: Decoded, spec: ViewSpec) -> Inference:
-        views = self.runner.views(decoded.clips, spec)
-        self.waiting += len(views)
-        self.metrics.queue_depth.set(self.waiting)
-        results = await in_rounds(self.infer_views, views, self.views_per_round)
+        results = await in_rounds(self.infer, items, self.views_per_round)
         return Inference(
-            probabilities=torch.stack([r[0] for r in results]).mean(0),
+            output=self.task.combine([r[0] for r in results]),
             inference_ms=max(r[1] for r in results) * 1e3,
             batch_size=max(r[2] for r in results),
             decoded=decoded.stats(),
@@ -196,7 +170,10 @@ class RayBackend:
     # a load balancer's polling, and an outage still shows within about a second.
     READY_CACHE_S = 1.0
 
-    def __init__(self, decoder: DeploymentHandle, model: DeploymentHandle, app: str):
+    def __init__(
+        self, task: ServingTask, decoder: DeploymentHandle, model: DeploymentHandle, app: str
+    ):
+        self.task = task
         self.decoder = decoder
         self.model = model
         self.app = app
@@ -205,17 +182,12 @@ class RayBackend:
         self._running = (0.0, False)  # (when asked, answer)
         self._asking = asyncio.Lock()
 
-    async def classify(self, data: bytes, spec: ViewSpec, sampling: str) -> Inference:
+    async def predict(self, data: bytes, spec: ViewSpec, params) -> Inference:
         # The decode replica's response goes to the model unresolved: Ray moves the frames
         # from one replica to the other, and a decode error surfaces here.
-        decoded = self.decoder.clips.remote(data, spec, sampling)
-        return await cancelling(decoded, self.model.classify.remote(decoded, spec))
-
-    async def detect(
-        self, data: bytes, spec: ViewSpec, times: list[float] | None, boxes: dict
-    ) -> DetectInference:
-        decoded = self.decoder.keyframe_clips.remote(data, spec, times)
-        return await cancelling(decoded, self.model.detect.remote(decoded, spec, boxes))
+        method, args = self.task.decode_call(spec, params)
+        decoded = self.decoder.decode.remote(data, method, *args)
+        return await cancelling(decoded, self.model.predict.remote(decoded, spec, params))
 
     async def ready(self) -> bool:
         """Warmed up once, and a model and a decode replica running as Serve's controller
@@ -257,7 +229,8 @@ class Ingress:
         # Class names and preprocessing come from the model replica: only it reads the file.
         info = await model.checkpoint_info.remote()
         app = serve.get_replica_context().app_name
-        self.service = VideoService(s, info, RayBackend(decoder, model, app), IngressMetrics())
+        backend = RayBackend(TASKS[info.config.task], decoder, model, app)
+        self.service = VideoService(s, info, backend, IngressMetrics())
         self._gauges = keep_fresh(self.service.refresh_gauges)
 
     def __serve_build_asgi_app__(self):

@@ -23,6 +23,7 @@ from model.detection import ActorDetections, detect_actors
 from model.flops import model_macs
 from model.precision import inference_dtype
 from service.settings import MAX_BATCH_SIZE
+from service.tasks import TASKS
 from video.views import ViewSpec, detection_views, view_list
 
 COMPILE_MODES = ("off", "default", "reduce-overhead")
@@ -152,15 +153,13 @@ class ModelRunner:
         mode the largest and the smallest batch (kernels, allocator). Returns seconds; per
         batch size in `warm_up_s`."""
         start = time.perf_counter()
-        view = torch.zeros(self.clip_shape)
+        task = TASKS[self.task]
+        item = task.example_item(self)
         sizes = self.buckets or sorted({self.max_batch_size, 1})
         for size in reversed(sizes):
             began = time.perf_counter()
             for _ in range(3 if self.buckets else 1):
-                if self.task == "detect":
-                    self.detect([(view, None)] * size)
-                else:
-                    self.run([view] * size)
+                task.run(self, [item] * size)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             self.warm_up_s[size] = round(time.perf_counter() - began, 3)

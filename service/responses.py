@@ -73,6 +73,10 @@ class Classification(Answer):
     decoder: DecoderCard
     timings: Timings
 
+    def text(self, top_k: int) -> list[str]:
+        """`zeroi2v predict`'s lines: score and label, best first."""
+        return [f"{label.score:.4f}  {label.label}" for label in self.labels[:top_k]]
+
 
 class Action(Answer):
     label: str
@@ -107,6 +111,17 @@ class Detection(Answer):
     batch_size: int
     decoder: DecoderCard
     timings: Timings
+
+    def text(self, top_k: int) -> list[str]:
+        """`zeroi2v predict`'s lines: per key frame its actors, each with its top actions."""
+        lines = []
+        for frame in self.keyframes:
+            lines.append(f"{frame.timestamp:.1f} s: {len(frame.actors)} actor(s)")
+            for actor in frame.actors:
+                actions = ", ".join(f"{a.label} {a.score:.2f}" for a in actor.actions[:top_k])
+                coords = ", ".join(f"{v:.3f}" for v in actor.box)
+                lines.append(f"  [{coords}] person {actor.box_score:.2f}: {actions}")
+        return lines
 
 
 class ModelCard(Answer):

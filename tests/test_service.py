@@ -18,9 +18,10 @@ from fastapi.testclient import TestClient
 from model import read_info
 from service.app import create_app
 from service.decoding import Decoder
+from service.local import LocalBackend
 from service.model_runner import ModelRunner
 from service.settings import ServiceSettings
-from service.video_service import DetectInference, Inference, VideoService, boxes_per_clip
+from service.video_service import VideoService
 from training.export import export_merged
 from video.packaged import packaged_clip
 
@@ -33,37 +34,16 @@ def merged_model(trained_run, tmp_path_factory) -> Path:
     return path
 
 
-class DirectBackend:
-    """Decoding and the model in-process: what the Ray deployments do, minus batching."""
+class SlowBackend(LocalBackend):
+    """The in-process backend, `delay_s` slower per request (a busy model, a slow decoder)."""
 
     def __init__(self, runner: ModelRunner, settings: ServiceSettings, delay_s: float = 0.0):
-        self.runner, self.delay_s = runner, delay_s
-        self.decoder = Decoder(settings)
+        super().__init__(runner, settings)
+        self.delay_s = delay_s
 
-    async def classify(self, data: bytes, spec, sampling: str) -> Inference:
-        decoded = await self.decoder.clips(data, spec, sampling)
+    async def predict(self, data: bytes, spec, params):
         await asyncio.sleep(self.delay_s)
-        start = time.perf_counter()
-        views = self.runner.views(decoded.clips, spec)
-        probs = torch.stack(self.runner.run(views)).mean(0)
-        ms = (time.perf_counter() - start) * 1e3
-        return Inference(probs, ms, len(views), decoded.stats())
-
-    async def detect(self, data: bytes, spec, times, boxes) -> DetectInference:
-        decoded = await self.decoder.keyframe_clips(data, spec, times)
-        start = time.perf_counter()
-        clips = self.runner.keyframe_inputs(decoded.clips, spec)
-        found = self.runner.detect(
-            list(zip(clips, boxes_per_clip(decoded.times, boxes), strict=True))
-        )
-        ms = (time.perf_counter() - start) * 1e3
-        return DetectInference(found, ms, len(clips), decoded.stats())
-
-    async def ready(self) -> bool:
-        return self.runner.warmed_up
-
-    async def model_card(self) -> dict:
-        return self.runner.card()
+        return await super().predict(data, spec, params)
 
 
 TIMINGS = {"decode_ms", "decode_wait_ms", "queue_ms", "inference_ms", "total_ms", "frames_decoded",
@@ -84,7 +64,7 @@ def local_client(model: Path, delay_s: float = 0.0, **settings) -> TestClient:
     runner = ModelRunner(str(model), max_batch_size=2)
     runner.warm_up()
     app = create_app()
-    app.state.service = VideoService(s, read_info(model), DirectBackend(runner, s, delay_s))
+    app.state.service = VideoService(s, read_info(model), SlowBackend(runner, s, delay_s))
     return TestClient(app)
 
 
@@ -331,7 +311,7 @@ def test_api_key(merged_model, synth_dir):
 def test_full_queue_answers_503_with_retry_after(merged_model, synth_dir):
     s = ServiceSettings(model_path=str(merged_model), max_pending_requests=2, retry_after_s=3)
     runner = ModelRunner(str(merged_model))
-    service = VideoService(s, read_info(merged_model), DirectBackend(runner, s, delay_s=0.5))
+    service = VideoService(s, read_info(merged_model), SlowBackend(runner, s, delay_s=0.5))
     app = create_app()
     app.state.service = service
     video = next((synth_dir / "videos").rglob("*.mp4")).read_bytes()

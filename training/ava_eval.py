@@ -184,12 +184,19 @@ class DetectionReport:
     box_source: str | None = None
     box_recall: float | None = None
     broken: list[str] = field(default_factory=list)
+    # Every scored (box, action) per key frame, for training.formats.ava.write_detections.
+    detections: dict[Key, list[Detection]] = field(default_factory=dict, repr=False)
 
     @property
     def mAP(self) -> float | None:
         if all(ap is None for ap in self.per_class.values()):
             return None
         return mean_ap(self.per_class)
+
+    def headline(self) -> dict:
+        """The numbers `zeroi2v eval` prints."""
+        return {"key_frames": self.key_frames, "boxes": self.box_source, "mAP": self.mAP,
+                "box_recall": self.box_recall}  # fmt: skip
 
     def summary(self) -> dict:
         return {

@@ -20,6 +20,11 @@ from video.sampling import SamplingSpec
 from video.views import ViewSpec
 
 AnnotationFormat = Literal["video_list", "kinetics", "ssv2", "ucf101", "hmdb51", "ava"]
+# The data formats each model task trains on (training/tasks.py reads them).
+TASK_FORMATS = {
+    "classify": ("video_list", "kinetics", "ssv2", "ucf101", "hmdb51"),
+    "detect": ("ava",),
+}
 
 
 class ConfigError(ValueError):
@@ -133,10 +138,11 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _task_matches_format(self):
-        if (self.model.task == "detect") != (self.data.format == "ava"):
+        formats = TASK_FORMATS[self.model.task]
+        if self.data.format not in formats:
             raise ValueError(
                 f"model.task {self.model.task!r} does not go with data.format "
-                f"{self.data.format!r}: detection trains on AVA-format data, and only detection"
+                f"{self.data.format!r}: it trains on {' or '.join(formats)} data"
             )
         return self
 

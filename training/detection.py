@@ -246,11 +246,10 @@ def evaluate_detection(
     device: torch.device,
     amp: torch.dtype | None = None,
     progress=None,
-    detections_out: dict[Key, list[Detection]] | None = None,
 ) -> DetectionReport:
     """Frame mAP@0.5 over `loader`'s key frames, actors from `boxes` (proposals, localiser or
-    groundtruth), plus the recall of those boxes at IoU 0.5. `detections_out`, when given,
-    receives every scored (box, action), for training.formats.ava.write_detections."""
+    groundtruth), plus the recall of those boxes at IoU 0.5; the report keeps every scored
+    (box, action), for training.formats.ava.write_detections."""
     if boxes == "proposals" and split.proposals is None:
         raise ValueError("data.detect_boxes is 'proposals' but data.proposals names no file")
     was_training = model.training
@@ -291,6 +290,5 @@ def evaluate_detection(
     label_map = dict(zip(split.action_ids, split.class_names, strict=True))
     report = evaluate_detections(evaluated, detections, label_map, split.exclusions)
     report.box_source, report.box_recall, report.broken = boxes, found / max(1, total), broken
-    if detections_out is not None:
-        detections_out.update(detections)
+    report.detections = detections
     return report

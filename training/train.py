@@ -5,8 +5,9 @@
 
 Outputs in train.out_dir: last.pt (resume point, written atomically every epoch and every
 train.checkpoint_every_steps optimiser steps), log.jsonl (one JSON object per logged step and
-per evaluation), eval.json + eval_confusion.png (the final multi-view evaluation; for
-model.task detect, eval.json + eval_ap.png: frame mAP@0.5 on AVA-format data).
+per evaluation), and the final evaluation's report: eval.json plus what the task writes beside
+it (training/tasks.py: eval_confusion.png for classification; eval_ap.png and
+detections_eval.csv for detection on AVA-format data).
 """
 
 from __future__ import annotations
@@ -29,19 +30,9 @@ from model import build_model
 from model.backbone import read_pretrained
 from model.precision import autocast, autocast_dtype
 from training import checkpoint as ckpt_io
-from training.augment import ClipAugment
-from training.ava_eval import write_detection_report
 from training.config import ExperimentConfig, load_config
-from training.data import ShardedSampler, VideoClips, collate, describe, load_annotations
-from training.detection import (
-    AvaKeyFrames,
-    AvaSplit,
-    collate_keyframes,
-    detection_loss,
-    evaluate_detection,
-    load_ava,
-)
-from training.evaluate import evaluate, write_report
+from training.data import ShardedSampler
+from training.tasks import TASKS, TaskError
 
 
 class TrainingError(RuntimeError):
@@ -89,29 +80,13 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
     amp = autocast_dtype(t.amp, device)
 
     # ---- data ----
-    detect = cfg.model.task == "detect"
-    train_spec, test_spec = cfg.view_spec(train=True), cfg.view_spec(train=False)
-    if detect:  # AVA key frames: clips with actor boxes and multi-label actions
-        train_set, val_set = load_ava(cfg, "train"), load_ava(cfg, "val")
-        class_names = train_set.class_names
-        if val_set.action_ids != train_set.action_ids:
-            raise TrainingError("train and val use different label maps")
-        offset = cfg.data.time_offset
-        train_data = AvaKeyFrames(train_set, train_spec, True, cfg.augment.box_jitter, offset)
-        val_data = AvaKeyFrames(val_set, test_spec, False, time_offset=offset)
-        collate_fn, describe_split = collate_keyframes, AvaSplit.describe
-    else:
-        train_set = load_annotations(cfg, "train")
-        class_names = train_set.class_names
-        val_set = load_annotations(cfg, "val", class_names=class_names)
-        if val_set.class_names != class_names:
-            raise TrainingError("train and val annotations disagree on the class names")
-        augment = ClipAugment(
-            cfg.augment, cfg.model.image_size, train_spec.mean, train_spec.std, class_names
-        )
-        train_data = VideoClips(train_set, train_spec, train=True, augment=augment)
-        val_data = VideoClips(val_set, test_spec, train=False)
-        collate_fn, describe_split = collate, describe
+    task = TASKS[cfg.model.task]
+    test_spec = cfg.view_spec(train=False)
+    try:
+        data = task.data(cfg)
+    except TaskError as e:
+        raise TrainingError(str(e)) from None
+    train_data, val_data, class_names = data.train, data.val, data.class_names
     model_cfg = cfg.model
     if "num_classes" in model_cfg.model_fields_set and model_cfg.num_classes != len(class_names):
         raise TrainingError(
@@ -128,7 +103,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
             batch_size=batch,
             sampler=sampler,
             num_workers=workers,
-            collate_fn=collate_fn,
+            collate_fn=task.collate,
             drop_last=drop_last,
             pin_memory=device.type == "cuda",
             # Own generator: creating an iterator must not consume the global RNG (dropout),
@@ -151,8 +126,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
     if model_cfg.pretrained:
         base = read_pretrained(model_cfg.backbone, model_cfg.pretrained)
     model = build_model(model_cfg, weights=base).to(device)
-    if detect and t.localiser_weight == 0:  # no loss reaches it: DDP needs it out of the graph
-        model.head.localiser.requires_grad_(False)
+    task.prepare(model, t)
     masked = {id(p) for p in model.masked_parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2 and id(p) not in masked]
@@ -171,7 +145,6 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
         lambda s: lr_factor(s, total_steps, warmup, t.warmup_start_factor, t.min_lr_factor),
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
 
     # ---- resume ----
     epoch, position, step, broken = 0, 0, 0, set()
@@ -202,7 +175,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
         print(
-            f"train: {describe_split(train_set)}; val: {describe_split(val_set)}\n"
+            f"train: {task.describe(data.train_split)}; val: {task.describe(data.val_split)}\n"
             f"model: {model_cfg.backbone}, {model.count_parameters() / 1e6:.2f} M params, "
             f"{model.count_parameters(trainable_only=True) / 1e6:.3f} M trainable "
             f"({model_cfg.trainable}); {world} process(es) on {device}, "
@@ -275,26 +248,23 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
             dynamic_ncols=True,
         )
         tick, clips = time.perf_counter(), 0
-        for frames, labels, bad in bar:
+        for inputs, targets, bad in bar:
             note_broken(bad)
             position += per_device
-            if frames is None:
+            if inputs is None:
                 continue
-            frames = frames.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
+            inputs = inputs.to(device, non_blocking=True)
+            if isinstance(targets, torch.Tensor):
+                targets = targets.to(device, non_blocking=True)
             micro += 1
             last_micro = micro == t.grad_accum
             # Gradients are all-reduced across ranks only on the last micro-batch of a step.
             sync = trained.no_sync() if distributed and not last_micro else nullcontext()
             with sync:
                 with autocast(device, amp):
-                    if detect:
-                        loss = detection_loss(trained, frames, labels, t.localiser_weight)
-                    else:
-                        loss = loss_fn(trained(frames).float(), labels)
-                    loss = loss / t.grad_accum
+                    loss = task.loss(trained, inputs, targets, t) / t.grad_accum
                 scaler.scale(loss).backward()
-            clips += len(labels)
+            clips += len(inputs)
             if not last_micro:
                 continue
             micro = 0
@@ -331,26 +301,14 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
             val_loader = loader(
                 val_data, val_sampler, max(1, per_device // test_spec.num_views), False
             )
-            if detect:
-                d = cfg.data
-                result = evaluate_detection(
-                    model, val_loader, val_set, d.detect_boxes, d.detect_threshold, device, amp
-                )
-                summary = {"epoch": epoch, "step": step, "mAP": result.mAP}
-                line = f"val mAP@0.5 {result.mAP:.4f} ({result.key_frames} key frames)"
-            else:
-                result = evaluate(model, val_loader, class_names, device, amp)
-                summary = {"epoch": epoch, "step": step, "top1": result.top1, "top5": result.top5}
-                line = (
-                    f"val top1 {result.top1:.4f} top5 {result.top5:.4f} "
-                    f"({result.count} videos, {test_spec.num_views} views)"
-                )
+            result = task.evaluate(model, val_loader, data.val_split, cfg, device, amp)
+            numbers, line = task.summary(result)
+            summary = {"epoch": epoch, "step": step, **numbers}
             write_log({"eval": summary, "broken_val": len(result.broken)})
             if main_process:
-                print(f"epoch {epoch}: {line}", file=sys.stderr)
+                print(f"epoch {epoch}: val {line}", file=sys.stderr)
                 if final:
-                    write = write_detection_report if detect else write_report
-                    write(result, out_dir, name="eval")
+                    task.write_report(result, out_dir, "eval")
 
     if log:
         log.close()
