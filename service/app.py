@@ -84,6 +84,13 @@ def create_app() -> FastAPI:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
             raise problems.unauthorized()
 
+    def serving(request: Request, task: str) -> VideoService:
+        """The service for an inference endpoint: authorised, and serving `task`'s model."""
+        authorize(request)
+        svc = service(request)
+        svc.require_task(task)
+        return svc
+
     @app.get("/livez", tags=["health"])
     async def livez() -> Status:
         """The process is up (it may still be loading the model)."""
@@ -119,9 +126,7 @@ def create_app() -> FastAPI:
     ) -> Classification:
         """Action labels for one uploaded video (multipart field `file`, or a raw video body)."""
         start = time.perf_counter()
-        authorize(request)
-        svc = service(request)
-        svc.require_task("classify")
+        svc = serving(request, "classify")
         params = svc.check(ClassifyParams(top_k, temporal_clips, spatial_crops, sampling))
         body, _ = await receive(request, svc)
         async with svc.admission():
@@ -161,9 +166,7 @@ def create_app() -> FastAPI:
     ) -> Detection:
         """AVA-style detection: per key frame, actor boxes with their actions and scores."""
         start = time.perf_counter()
-        authorize(request)
-        svc = service(request)
-        svc.require_task("detect")
+        svc = serving(request, "detect")
         times = None
         if timestamps is not None:
             try:
