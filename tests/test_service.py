@@ -595,6 +595,7 @@ def test_ray_concurrent_requests_batch_and_metrics(ray_service, synth_dir):
             n in text
             for n in (
                 "ray_zeroi2v_requests_total",
+                "ray_zeroi2v_latency_seconds_bucket",
                 "ray_zeroi2v_batch_size_bucket",
                 "ray_serve_num_http_requests",
             )
