@@ -212,12 +212,15 @@ def evaluate(
         data, loader = task.eval_loader(cfg, split, class_names)
         progress = lambda it: tqdm(it, desc="eval", unit="batch")  # noqa: E731
         result = task.evaluate(model, loader, data, cfg, device, progress=progress)
-    except (ConfigError, CheckpointError, ckpt_io.TrainCheckpointError, AnnotationError,
-            TaskError) as e:  # fmt: skip
+    except TaskError as e:
+        _fail(f"{checkpoint} and {config}: {e}")
+    except (ConfigError, CheckpointError, ckpt_io.TrainCheckpointError, AnnotationError) as e:
         _fail(str(e))
     except ValueError as e:  # e.g. detect_boxes: proposals without a proposals file
         _fail(str(e))
-    paths = task.write_report(result, out or cfg.path(cfg.train.out_dir), name=f"eval_{split}")
+    folder = out or cfg.path(cfg.train.out_dir)
+    paths = task.write_report(result, folder, name=f"eval_{split}")
+    task.write_predictions(result, folder, split)
     for b in result.broken:
         typer.secho(f"warning: unreadable video {b}", fg="yellow", err=True)
     typer.echo(json.dumps({**result.headline(), "report": str(paths["json"])}))
@@ -228,7 +231,7 @@ def predict(
     video: Path = typer.Argument(..., help="a video file"),
     model: Path = typer.Option(..., "--model", "-m", help="merged or adapter .safetensors"),
     top_k: int = typer.Option(5, min=1),
-    clips: int = typer.Option(None, help="temporal clips (default: the checkpoint's)"),
+    clips: int = typer.Option(None, min=1, help="temporal clips (default: the checkpoint's)"),
     crops: int = typer.Option(None, help="spatial crops, 1 or 3 (default: the checkpoint's)"),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     base: str = typer.Option(None, help=BASE_HELP),
@@ -250,12 +253,14 @@ def predict(
         runner = ModelRunner(str(model), precision=precision, base=base)
     except (CheckpointError, ValueError) as e:
         _fail(str(e))
-    # The service's pipeline with the limits of a local file (the library's decode defaults).
+    # The service's pipeline with the limits of a local file (the library's decode defaults),
+    # decoded on the CPU with the threads FFmpeg picks.
     settings = ServiceSettings(
-        model_path=str(model), base=base, max_top_k=top_k, max_views=10**6,
-        max_decode_megapixels=10**9, decode_timeout_s=DecodeLimits.timeout_s,
+        model_path=str(model), base=base, max_top_k=top_k, max_views=10**6, max_keyframes=10**6,
+        max_decode_megapixels=10**9, decode_timeout_s=DecodeLimits.timeout_s, decode_device="cpu",
     )  # fmt: skip
-    service = VideoService(settings, runner.info, LocalBackend(runner, settings))
+    backend = LocalBackend(runner, settings, decode_threads=DecodeLimits.threads)
+    service = VideoService(settings, runner.info, backend)
     params = service.task.local_params(top_k, clips, crops)
     try:
         data = video.read_bytes()

@@ -13,13 +13,10 @@ reported apart from the time it takes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import os
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
@@ -41,14 +38,13 @@ class Decoded:
     decode_ms: float  # decoding, converting and resizing
     wait_ms: float  # waiting for a worker inside the decode replica (routing waits: queue_ms)
     decoder: str  # which decode replica
-    low_priority: bool = False  # decoded at low priority (over low_priority_megapixels)
 
     def stats(self) -> Decoded:
         """The same without the frames: what travels back with the model's answer."""
         return replace(self, clips=torch.empty(0, dtype=torch.uint8))
 
 
-def decode_limits(settings: ServiceSettings) -> DecodeLimits:
+def decode_limits(settings: ServiceSettings, threads: int = 1) -> DecodeLimits:
     return DecodeLimits(
         max_width=settings.max_video_side,
         max_height=settings.max_video_side,
@@ -57,7 +53,9 @@ def decode_limits(settings: ServiceSettings) -> DecodeLimits:
         max_aspect_ratio=settings.max_aspect_ratio,
         max_duration_s=settings.max_video_seconds,
         timeout_s=settings.decode_timeout_s,
-        threads=1,  # parallelism comes from the workers and replicas: one video, one core
+        # One video, one core: parallelism comes from the workers and replicas (0: FFmpeg
+        # picks, for a process that decodes one video at a time).
+        threads=threads,
     )
 
 
@@ -85,98 +83,47 @@ def _glibc():
 _LIBC = _glibc()
 
 
-def close_opened(opening: Future) -> None:
-    """Close the reader of an open_and_plan whose caller has gone."""
-    if not opening.cancelled() and opening.exception() is None:
-        opening.result()[0].close()
-
-
-def lower_priority() -> None:
-    """Run the calling thread only on cores nothing else wants (Linux's SCHED_IDLE; elsewhere
-    nothing). A process cannot raise a thread's priority again without privileges, so the
-    threads this is called in serve costly work only, for their whole life."""
-    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
-
-
 class Decoder:
-    """Decodes uploads into uint8 clips in worker threads. A video opens and plans its clips in
-    a normal worker; if the plan decodes more than `low_priority_megapixels`, the decoding
-    itself runs in a low-priority worker: a costly request takes the cycles that cheap ones and
-    the model leave free instead of slowing them (beside a busy decoder, a CPU model batch took
-    1.8-1.9x its time at normal priority, 0.9-1.1x at idle priority: benchmarks/README.md).
-    Under sustained full load such a request can run into decode_timeout_s."""
-
-    def __init__(self, settings: ServiceSettings, name: str = "local", gpu: bool | None = None):
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        name: str = "local",
+        gpu: bool | None = None,
+        threads: int = 1,
+    ):
         self.name = name
-        self.limits = decode_limits(settings)
+        self.limits = decode_limits(settings, threads)
         self.max_keyframes = settings.max_keyframes
-        self.low_priority_pixels = settings.low_priority_megapixels * 10**6
         # Resolved here, in the process that decodes (gpu: whether it was given one; None:
         # whether torch sees one): a replica without a GPU fails at start when cuda is forced,
         # instead of on every request.
         self.device = resolve_decode_device(settings.decode_device, gpu)
-        workers = settings.decode_workers
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
-        self.low_priority = ThreadPoolExecutor(
-            workers, thread_name_prefix="decode-low", initializer=lower_priority
-        )
+        self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
 
     async def _run(self, data: bytes, make_plan: Callable[[VideoReader], ClipPlan]) -> Decoded:
-        waited = ran = 0.0
+        """Open the upload, plan its clips and read them, in one worker."""
+        queued = time.perf_counter()
 
-        def timed(fn):
-            queued = time.perf_counter()
-
-            def run():
-                nonlocal waited, ran
-                started = time.perf_counter()
-                waited += started - queued
-                try:
-                    return fn()
-                finally:
-                    ran += time.perf_counter() - started
-
-            return run
-
-        def open_and_plan():
-            reader = VideoReader(io.BytesIO(data), self.limits, self.device)
+        def timed():
+            started = time.perf_counter()
             try:
-                return reader, make_plan(reader)
-            except BaseException:
-                reader.close()
-                raise
-
-        def read():
-            try:
-                return plan.read(reader)
+                with VideoReader(io.BytesIO(data), self.limits, self.device) as reader:
+                    out = make_plan(reader).read(reader)
+                return started, out, time.perf_counter()
             finally:
-                reader.close()
                 release_free_memory()
 
-        opening = self.pool.submit(timed(open_and_plan))
-        try:
-            reader, plan = await asyncio.wrap_future(opening)
-        except asyncio.CancelledError:
-            # A worker already opening the video finishes; the reader it opens is closed then.
-            opening.add_done_callback(close_opened)
-            raise
-        costly = plan.decoded_pixels(reader) > self.low_priority_pixels
-        pool = self.low_priority if costly else self.pool
-        # Cancelled from here, the read still runs to its end in its worker (threads cannot be
-        # stopped), which closes the reader.
-        out = await asyncio.wrap_future(pool.submit(timed(read)))
+        loop = asyncio.get_running_loop()
+        started, out, done = await loop.run_in_executor(self.pool, timed)
         return Decoded(
             clips=out.clips,
             times=out.times,
             frames_decoded=out.frames_decoded,
             frames_used=out.clips.shape[0] * out.clips.shape[1],
             hardware=out.hardware,
-            decode_ms=ran * 1e3,
-            wait_ms=waited * 1e3,
+            decode_ms=(done - started) * 1e3,
+            wait_ms=(started - queued) * 1e3,
             decoder=self.name,
-            low_priority=costly,
         )
 
     async def clips(self, data: bytes, spec: ViewSpec, sampling: str = "exact") -> Decoded:

@@ -14,10 +14,10 @@ from video.views import ViewSpec
 
 
 class LocalBackend:
-    def __init__(self, runner: ModelRunner, settings: ServiceSettings):
+    def __init__(self, runner: ModelRunner, settings: ServiceSettings, decode_threads: int = 1):
         self.runner = runner
         self.task = TASKS[runner.task]
-        self.decoder = Decoder(settings)
+        self.decoder = Decoder(settings, threads=decode_threads)
 
     async def predict(self, data: bytes, spec: ViewSpec, params) -> Inference:
         method, args = self.task.decode_call(spec, params)
@@ -26,7 +26,8 @@ class LocalBackend:
         items = self.task.items(self.runner, decoded, spec, params)
         results = self.task.run(self.runner, items)
         ms = (time.perf_counter() - start) * 1e3
-        return Inference(self.task.combine(results), ms, len(items), decoded.stats())
+        batch = min(len(items), self.runner.max_batch_size)
+        return Inference(self.task.combine(results), ms, batch, decoded.stats())
 
     async def ready(self) -> bool:
         return self.runner.warmed_up

@@ -48,9 +48,6 @@ class Views(Answer):
 class DecoderCard(Answer):
     replica: str = Field(description="the decode replica that decoded the upload")
     device: Literal["cpu", "cuda"] = Field(description="cuda: NVDEC")
-    priority: Literal["normal", "low"] = Field(
-        description="low: a plan over low_priority_megapixels, decoded at idle CPU priority"
-    )
 
 
 class Timings(Answer):

@@ -43,9 +43,6 @@ class ServiceSettings(BaseModel):
     # decoded x their pixels, and how thin a frame may be (resizing it to the short side).
     max_decode_megapixels: int = Field(4000, ge=1)
     max_aspect_ratio: float = Field(8.0, ge=1)
-    # A request whose plan decodes more than this (about a 10 s 1080p clip decoded whole)
-    # decodes at the OS's idle priority, on the cores cheaper requests leave free.
-    low_priority_megapixels: int = Field(500, ge=1)
     decode_timeout_s: float = Field(30.0, gt=0)
     # Decoding runs in its own deployment (service/decoding.py). Each replica decodes
     # `decode_workers` videos at once, one core each; `decode_cpus` is what Ray reserves per

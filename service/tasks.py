@@ -110,6 +110,8 @@ class Classify:
             raise problems.bad_parameters(f"top_k: at most {settings.max_top_k}")
         if params.sampling not in SAMPLING_MODES:
             raise problems.bad_parameters(f"sampling: {' or '.join(SAMPLING_MODES)}")
+        if params.temporal_clips is not None and params.temporal_clips < 1:
+            raise problems.bad_parameters("temporal_clips: at least 1")
         if params.spatial_crops not in (None, 1, 3):
             raise problems.bad_parameters("spatial_crops: 1 (centre) or 3 (three crops)")
         views = self.view_spec(spec, params).num_views

@@ -180,7 +180,6 @@ def decoder_card(decoded: Decoded) -> DecoderCard:
     return DecoderCard(
         replica=decoded.decoder,
         device="cuda" if decoded.hardware else "cpu",
-        priority="low" if decoded.low_priority else "normal",
     )
 
 

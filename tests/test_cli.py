@@ -60,6 +60,8 @@ def test_predict_and_eval_in_bf16_and_a_bad_precision(trained_run, synth_dir, tm
         answers[precision] = {name: float(score) for score, name in lines}
     for name in answers["bf16"].keys() & answers["fp32"].keys():  # near-ties may reorder
         assert abs(answers["bf16"][name] - answers["fp32"][name]) < 0.02
+    result = runner.invoke(app, ["predict", str(video), "-m", str(out), "--clips", "0"])
+    assert result.exit_code == 2 and "--clips" in result.output
     result = runner.invoke(app, ["predict", str(video), "-m", str(out), "--precision", "int8"])
     assert result.exit_code == 2 and "unknown precision 'int8'" in result.output
     config = trained_run.parent / f"{trained_run.name}.yaml"

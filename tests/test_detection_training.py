@@ -82,6 +82,19 @@ def test_a_missing_video_is_reported_not_fatal(synth_ava_dir, tmp_path):
         load_ava(cfg, "train")
 
 
+def test_a_run_whose_final_evaluation_finds_no_actor_still_finishes(synth_ava_dir, tmp_path):
+    """With the localiser's boxes an early model may find no actor at all: the run ends with
+    its report (mAP 0), and writes no detections file (only `zeroi2v eval` writes one)."""
+    from training.train import train
+
+    overrides = ["data.detect_boxes=localiser", "data.detect_threshold=1.0"]
+    cfg = load_config(tiny_config_path(synth_ava_dir, tmp_path), overrides)
+    out = train(cfg)
+    assert out["key_frames"] > 0 and out["box_source"] == "localiser"
+    run = cfg.path(cfg.train.out_dir)
+    assert (run / "eval.json").exists() and not list(run.glob("detections*"))
+
+
 def test_training_writes_detection_eval_and_merges(trained_detector, tmp_path):
     report = json.loads((trained_detector / "eval.json").read_text())
     assert 0 <= report["mAP"] <= 1 and report["box_source"] == "proposals"

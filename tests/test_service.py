@@ -6,18 +6,15 @@ import os
 import re
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from model import read_info
 from service.app import create_app
-from service.decoding import Decoder
 from service.local import LocalBackend
 from service.model_runner import ModelRunner
 from service.settings import ServiceSettings
@@ -123,29 +120,6 @@ def test_a_thin_video_is_over_the_cost_limit(merged_model, tmp_path):
                     headers={"content-type": "video/mp4"})  # fmt: skip
     assert r.status_code == 422 and r.json()["title"] == "Request over its cost limit", r.text
     assert "aspect ratio of 1920:1" in r.json()["detail"]
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
-def test_costly_plans_decode_at_idle_priority(merged_model, tmp_path):
-    """A video whose plan decodes more than low_priority_megapixels decodes in a SCHED_IDLE
-    thread, a cheaper one in a normal thread; both give the same clips."""
-    from tests.media import write_clip
-    from video.views import ViewSpec
-
-    video = write_clip(tmp_path / "vga.mp4", 10, size=(640, 480)).read_bytes()  # 3 MP in all
-    spec = ViewSpec.from_preprocess(read_info(merged_model).preprocess)
-    cheap = Decoder(ServiceSettings(model_path=str(merged_model), low_priority_megapixels=4))
-    costly = Decoder(ServiceSettings(model_path=str(merged_model), low_priority_megapixels=1))
-    normal = asyncio.run(cheap.clips(video, spec))
-    low = asyncio.run(costly.clips(video, spec))
-    assert (normal.low_priority, low.low_priority) == (False, True)
-    assert torch.equal(normal.clips, low.clips) and normal.frames_decoded == low.frames_decoded
-
-    def policy() -> int:
-        return os.sched_getscheduler(threading.get_native_id())
-
-    assert costly.low_priority.submit(policy).result() == os.SCHED_IDLE
-    assert costly.pool.submit(policy).result() == os.sched_getscheduler(0) != os.SCHED_IDLE
 
 
 def test_unknown_paths_and_methods_are_problems(merged_model):
@@ -524,7 +498,6 @@ def test_ray_listens_on_loopback_only(ray_service):
     (ray/serve/_private/replica.py), one per replica, which README "Security" says to firewall."""
     import collections
     import ipaddress
-    import os
 
     from tests.helpers import listening_sockets
 

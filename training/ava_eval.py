@@ -114,14 +114,21 @@ def _match(
             ranked = ranked[:max_per_key]
         by_class = boxes.get(key, {})
         taken: dict[int, list[bool]] = {}
+        # The TF evaluator drops empty boxes rather than counting them.
+        ranked = [d for d in ranked if d.box[0] < d.box[2] and d.box[1] < d.box[3]]
+        # Every IoU of the key frame at once: each detected box (one per action it scores)
+        # against each ground-truth box.
+        found = {box: i for i, box in enumerate(dict.fromkeys(d.box for d in ranked))}
+        truth = {
+            box: i for i, box in enumerate(dict.fromkeys(b for v in by_class.values() for b in v))
+        }
+        table = iou_matrix(list(found), list(truth)).tolist() if found and truth else []
         for d in ranked:
-            x1, y1, x2, y2 = d.box
-            if not (x1 < x2 and y1 < y2):
-                continue  # the TF evaluator drops empty boxes rather than counting them
             candidates = by_class.get(d.action, [])
             hit = False
             if candidates:
-                overlaps = iou_matrix([d.box], candidates)[0].tolist()
+                row = table[found[d.box]]
+                overlaps = [row[truth[box]] for box in candidates]
                 best = max(range(len(candidates)), key=overlaps.__getitem__)
                 used = taken.setdefault(d.action, [False] * len(candidates))
                 if overlaps[best] >= iou_threshold and not used[best]:

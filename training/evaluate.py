@@ -24,7 +24,7 @@ class EvalResult:
     confusion: torch.Tensor  # (C, C) int64: rows true class, columns predicted
     top5_correct: int
     broken: list[str] = field(default_factory=list)
-    views: int = 0  # per video
+    views: int = 0  # per video, as the caller's spec says (training/tasks.py)
 
     def headline(self) -> dict:
         """The numbers `zeroi2v eval` prints."""
@@ -78,13 +78,12 @@ def evaluate(
     confusion = torch.zeros(n, n, dtype=torch.int64, device=device)
     top5 = torch.zeros((), dtype=torch.int64, device=device)
     broken: list[str] = []
-    k, views_per_video = min(5, n), 0
+    k = min(5, n)
     for views, labels, bad in progress(loader) if progress else loader:
         broken += [f"{b.path}: {b.error}" for b in bad]
         if views is None:
             continue
         views, labels = views.to(device, non_blocking=True), labels.to(device)
-        views_per_video = views.shape[1]
         probs = video_probabilities(model, views, amp)
         confusion += torch.bincount(labels * n + probs.argmax(-1), minlength=n * n).view(n, n)
         top5 += (probs.topk(k, -1).indices == labels[:, None]).any(-1).sum()
@@ -95,7 +94,7 @@ def evaluate(
         dist.all_gather_object(gathered, broken)
         broken = [b for part in gathered for b in part]
     model.train(was_training)
-    return EvalResult(class_names, confusion.cpu(), int(top5), broken, views_per_video)
+    return EvalResult(class_names, confusion.cpu(), int(top5), broken)
 
 
 def write_report(result: EvalResult, out_dir: Path, name: str = "eval") -> dict[str, Path]:

@@ -11,6 +11,7 @@ loss and evaluation read, broken the unreadable samples (training.data.BrokenVid
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,9 @@ class TrainingTask(Protocol):
 
     def write_report(self, result, out_dir: Path, name: str) -> dict[str, Path]: ...
 
+    def write_predictions(self, result, out_dir: Path, split: str) -> list[Path]:
+        """What `zeroi2v eval` writes beside the report (detection: the detections as CSV)."""
+
 
 class Classification:
     """One label per video; multi-view top-1/top-5 and a confusion matrix."""
@@ -104,7 +108,8 @@ class Classification:
         return F.cross_entropy(model(inputs).float(), labels, label_smoothing=t.label_smoothing)
 
     def evaluate(self, model, loader, split, cfg, device, amp=None, progress=None) -> EvalResult:
-        return evaluate(model, loader, split.class_names, device, amp, progress)
+        result = evaluate(model, loader, split.class_names, device, amp, progress)
+        return dataclasses.replace(result, views=cfg.view_spec(train=False).num_views)
 
     def summary(self, result: EvalResult) -> tuple[dict, str]:
         line = (
@@ -123,6 +128,9 @@ class Classification:
 
     def write_report(self, result: EvalResult, out_dir: Path, name: str) -> dict[str, Path]:
         return write_report(result, out_dir, name=name)
+
+    def write_predictions(self, result: EvalResult, out_dir: Path, split: str) -> list[Path]:
+        return []  # the report's confusion matrix says it all
 
 
 class Detection:
@@ -171,11 +179,15 @@ class Detection:
                                      d.time_offset)  # fmt: skip
 
     def write_report(self, result: DetectionReport, out_dir: Path, name: str) -> dict[str, Path]:
-        """The report, its AP chart, and every scored (box, action) in AVA's results format."""
-        paths = write_detection_report(result, out_dir, name=name)
-        paths["detections"] = out_dir / f"detections_{name.removeprefix('eval_')}.csv"
-        write_detections(paths["detections"], result.detections)
-        return paths
+        return write_detection_report(result, out_dir, name=name)
+
+    def write_predictions(self, result: DetectionReport, out_dir: Path, split: str) -> list[Path]:
+        """Every scored (box, action) in AVA's results format (none found: no file)."""
+        if not any(result.detections.values()):
+            return []
+        path = out_dir / f"detections_{split}.csv"
+        write_detections(path, result.detections)
+        return [path]
 
 
 TASKS: dict[str, TrainingTask] = {"classify": Classification(), "detect": Detection()}

@@ -254,8 +254,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, stop_after_steps: int | N
             if inputs is None:
                 continue
             inputs = inputs.to(device, non_blocking=True)
-            if isinstance(targets, torch.Tensor):
-                targets = targets.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)  # labels, or KeyFrameTargets
             micro += 1
             last_micro = micro == t.grad_accum
             # Gradients are all-reduced across ranks only on the last micro-batch of a step.
