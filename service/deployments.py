@@ -86,7 +86,7 @@ class ModelDeployment:
         self.metrics = ModelMetrics()
         self.waiting = 0
         cpu = self.runner.device.type == "cpu"
-        self.rounds = CheapFirst(s.views_per_round or (2 if cpu else s.max_batch_size))
+        self.views_per_round = s.views_per_round or (2 if cpu else s.max_batch_size)
         self._gauges = keep_fresh(lambda: self.metrics.queue_depth.set(self.waiting))
         seconds = self.runner.warm_up()
         logging.getLogger("ray.serve").info(
@@ -111,7 +111,7 @@ class ModelDeployment:
         items = self.task.items(self.runner, decoded, spec, params)
         self.waiting += len(items)
         self.metrics.queue_depth.set(self.waiting)
-        results = await self.rounds.run(self.infer, items)
+        results = await in_rounds(self.infer, items, self.views_per_round)
         return Inference(
             output=self.task.combine([r[0] for r in results]),
             inference_ms=max(r[1] for r in results) * 1e3,
@@ -140,45 +140,15 @@ def replicas_running(app: str, deployments: tuple[str, ...]) -> bool:
     )
 
 
-async def in_rounds(batched, items: list, per_round: int, before_round=None) -> list:
-    """`batched(item)` for every item, `per_round` at a time, each round once the last is done
-    (and `await before_round()` has returned): a request's 30 views then share every batch
-    with the requests behind them instead of filling whole batches ahead of them."""
+async def in_rounds(batched, items: list, per_round: int) -> list:
+    """`batched(item)` for every item, `per_round` at a time, each round once the last is done:
+    a request's 30 views then share every batch with the requests behind them instead of
+    filling whole batches ahead of them."""
     results = []
     for start in range(0, len(items), per_round):
-        if before_round is not None:
-            await before_round()
         part = items[start : start + per_round]
         results += await asyncio.gather(*(batched(item) for item in part))
     return results
-
-
-class CheapFirst:
-    """Feeds requests' items to the model's batcher, cheap requests first.
-
-    A request whose items fit in one round (`per_round`) goes in at once. A bigger one goes a
-    round at a time, and each round waits until no one-round request has items in the model:
-    the 30 views of a costly request fill the time cheap requests leave, instead of sitting in
-    the batches cheap requests wait for. Under sustained full load of cheap requests a costly
-    one waits, up to request_timeout_s."""
-
-    def __init__(self, per_round: int):
-        self.per_round = per_round
-        self.cheap_in_model = 0
-        self._no_cheap = asyncio.Event()
-        self._no_cheap.set()
-
-    async def run(self, batched, items: list) -> list:
-        if len(items) > self.per_round:
-            return await in_rounds(batched, items, self.per_round, self._no_cheap.wait)
-        self.cheap_in_model += len(items)
-        self._no_cheap.clear()
-        try:
-            return await asyncio.gather(*(batched(item) for item in items))
-        finally:
-            self.cheap_in_model -= len(items)
-            if not self.cheap_in_model:
-                self._no_cheap.set()
 
 
 async def cancelling(*responses):

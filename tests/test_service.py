@@ -824,27 +824,3 @@ def test_a_requests_views_reach_the_batcher_a_round_at_a_time():
 
     assert asyncio.run(in_rounds(batched, list(range(7)), 2)) == [0, 10, 20, 30, 40, 50, 60]
     assert most == 2
-
-
-def test_a_cheap_request_goes_before_a_costly_requests_next_round():
-    """Rounds of 2: a 6-item request's second round waits while a 1-item request that
-    arrived during its first round is in the model; both get every result, in order."""
-    from service.deployments import CheapFirst
-
-    order = []
-
-    async def batched(item):
-        order.append(item)
-        await asyncio.sleep(0.02)
-        return item
-
-    async def main():
-        rounds = CheapFirst(2)
-        costly = asyncio.create_task(rounds.run(batched, list(range(6))))
-        await asyncio.sleep(0.005)  # the costly request's first round is in the model
-        cheap = await rounds.run(batched, ["cheap"])
-        return await costly, cheap
-
-    costly, cheap = asyncio.run(main())
-    assert costly == list(range(6)) and cheap == ["cheap"]
-    assert order == [0, 1, "cheap", 2, 3, 4, 5]
