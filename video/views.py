@@ -192,17 +192,12 @@ class DecodedClips:
 @dataclass(frozen=True)
 class ClipPlan:
     """Which frames make which clip, and how each frame is resized as it is decoded: made from
-    an open reader before anything past its first frame is decoded, so a caller can weigh the
-    cost (`decoded_pixels`) before paying it (the service decodes costly plans at low priority).
-    """
+    an open reader (its frame count, rate and keyframes) before anything past its first frame
+    is decoded. Each task's plan (clips_plan, keyframe_clips_plan) is read the same way."""
 
     clips: list[list[int]]  # frame ordinals, clip by clip
     transform: FrameTransform
     times: list[float] | None = None  # key-frame clips: the time of each
-
-    def decoded_pixels(self, reader: VideoReader) -> int:
-        """Pixels the decoder will produce for this plan (VideoReader.decoded_pixels)."""
-        return reader.decoded_pixels(sorted({i for clip in self.clips for i in clip}))
 
     def read(self, reader: VideoReader) -> DecodedClips:
         """The frames of the plan in one read, each transformed as it is decoded, as (clips, T,
