@@ -560,3 +560,44 @@ def test_only_packets_of_unreferenced_slices_are_skippable(mp4):
         reader._nal_length_size = None  # Annex B: start codes
         assert skippable(av.Packet(b"\x00\x00\x00\x01\x09\xf0\x00\x00\x01\x01\xaa"))
         assert not skippable(av.Packet(b"\x00\x00\x01\x67\x64\x00\x00\x01\x01\xaa"))  # SPS
+
+
+# -- streaming: one decode front to back -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"])
+def test_a_stream_gives_what_read_gives(name):
+    """Real clips (B-frames or not): streamed frames equal PyAV's own decoding of every frame,
+    come in order, and need one seek (to the start) however many frames are wanted."""
+    try:
+        path = packaged_clip(name)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    reference = every_frame(path)
+    targets = list(range(2, len(reference), 5))
+    with VideoReader(path, DecodeLimits(threads=1)) as reader:
+        seeks = reader.seeks
+        streamed = list(reader.stream(targets))
+        assert reader.seeks == seeks + 1
+    assert [i for i, _ in streamed] == targets
+    for i, frame in streamed:
+        assert np.array_equal(frame.permute(1, 2, 0).numpy(), reference[i]), (name, i)
+
+
+def test_a_stream_refuses_unsorted_ordinals_and_a_frame_that_does_not_decode(media, mp4):
+    with VideoReader(mp4) as reader:
+        with pytest.raises(ValueError, match="sorted, unique"):
+            list(reader.stream([4, 1]))
+        with pytest.raises(IndexError):
+            list(reader.stream([1, 99]))
+    path = write_clip(media / "corrupt_stream.mp4", 30, gop=30)
+    with av.open(str(path)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+    data = bytearray(path.read_bytes())
+    pos, size = packets[5]
+    data[pos + 4 : pos + size] = bytes(size - 4)
+    with VideoReader(bytes(data)) as reader:
+        frames = reader.stream([1, 20])
+        assert next(frames)[0] == 1  # before the damage
+        with pytest.raises(NotAVideo, match="frame 20 of 30 could not be decoded"):
+            next(frames)

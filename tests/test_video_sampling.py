@@ -142,3 +142,18 @@ def test_functions_validate_counts():
         uniform_clips(10, 0)
     with pytest.raises(ValueError, match="video_frames"):
         SamplingSpec().plan(0, train=False)
+
+
+def test_sliding_windows_start_every_stride_and_fit_the_video():
+    from video.sampling import sliding_windows
+
+    # 10 fps, 4 frames 2 apart (a span of 7 frames), a window every 0.5 s: starts 0, 5, ..., 20
+    windows = sliding_windows(30, 10.0, 4, 2, 0.5)
+    assert [w[0] for w in windows] == [0, 5, 10, 15, 20]
+    assert windows[0] == [0, 2, 4, 6] and windows[-1][-1] == 26
+    # A stride under a frame repeats no window.
+    assert [w[0] for w in sliding_windows(10, 10.0, 2, 1, 0.04)] == list(range(9))
+    with pytest.raises(ValueError, match=r"spans 15 frames \(1.50 s\); the video has 10"):
+        sliding_windows(10, 10.0, 8, 2, 1.0)
+    with pytest.raises(ValueError, match="stride_s must be > 0"):
+        sliding_windows(30, 10.0, 4, 2, 0.0)

@@ -242,3 +242,22 @@ def test_fast_sampling_decodes_keyframes_only_where_they_are_close(tmp_path):
     )
     with pytest.raises(ValueError, match="exact or fast"):
         decode_clips(path, spec, sampling="quick")
+
+
+def test_stream_windows_are_the_read_clips_with_their_times(tmp_path):
+    """Each window equals decode-and-resize of its frames, with its start and end in seconds."""
+    from tests.media import write_clip
+    from video import VideoReader
+    from video.views import resize_short_side, stream_windows
+
+    path = write_clip(tmp_path / "w.mp4", 30, fps=10, size=(64, 48), gop=10)
+    spec = ViewSpec(sampling=SamplingSpec(num_frames=4, interval=2), image_size=32)
+    with VideoReader(path) as reader:
+        windows = list(stream_windows(reader, spec, stride_s=0.5))
+        full = reader.read(list(range(30)))
+    assert [(w.start_s, w.end_s) for w in windows] == [
+        (0.0, 0.7), (0.5, 1.2), (1.0, 1.7), (1.5, 2.2), (2.0, 2.7)
+    ]  # fmt: skip
+    for k, window in enumerate(windows):
+        frames = [5 * k + 2 * j for j in range(4)]
+        assert torch.equal(window.clip, resize_short_side(full[frames], 32))

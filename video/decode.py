@@ -230,6 +230,62 @@ class VideoReader:
             return out
         return torch.stack([frames[i] for i in wanted]).permute(0, 3, 1, 2)
 
+    def stream(
+        self, ordinals: Sequence[int], transform: FrameTransform | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """(ordinal, frame) for the sorted unique `ordinals`, in that order, from one decode of
+        the video front to back: no seeking back and no frame kept here, so a long video costs
+        the memory of one frame at a time. Frames are (3, H, W) uint8 (after `transform`, as
+        in `read`). `timeout_s` bounds each wait for the next frame, not the whole stream; the
+        per-read cost limit does not apply (the duration limit bounds a stream)."""
+        if self._container is None:
+            raise ValueError(f"{self.name}: the reader is closed")
+        wanted = [_ordinal(i, self.info.num_frames, self.name) for i in ordinals]
+        if wanted != sorted(set(wanted)):
+            raise ValueError("stream() takes sorted, unique ordinals")
+        if not wanted:
+            return
+        self._transform, self._budget = transform, None
+        skip = self.info.codec == "h264" and self._reordered and not self._sequential
+        self._keep_pts = {self._pts[i] for i in wanted} if skip else None
+        pending = iter(wanted)
+        want = next(pending)
+        try:
+            with _translate_errors(self.name, "read", self.limits.timeout_s):
+                self._deadline = time.monotonic() + self.limits.timeout_s
+                last_pts = None
+                for count, (frame, trusted) in enumerate(self._decode_from(None)):
+                    if self._sequential:
+                        ordinal = count
+                    else:
+                        ordinal = self._ordinal_of.get(frame.pts)
+                        if ordinal is None:
+                            continue
+                        if last_pts is not None and frame.pts < last_pts:
+                            raise NotAVideo(
+                                f"{self.name}: frames come out of order (timestamps go back), "
+                                f"which a stream cannot follow"
+                            )
+                        last_pts = frame.pts
+                    if ordinal > want:  # passed a wanted frame: it never came out
+                        break
+                    if ordinal < want:
+                        continue
+                    if not trusted or self._decode_errors:
+                        break
+                    pixels = self._to_array(frame).permute(2, 0, 1)
+                    yield ordinal, pixels
+                    self._deadline = time.monotonic() + self.limits.timeout_s
+                    want = next(pending, None)
+                    if want is None:
+                        return
+        finally:
+            self._keep_pts = None
+        raise NotAVideo(
+            f"{self.name}: frame {want} of {self.info.num_frames} could not be decoded "
+            f"(corrupt or truncated file)"
+        )
+
     @property
     def keyframes(self) -> list[int]:
         """Ordinals of the keyframes (where decoding can start), [] when frames are counted

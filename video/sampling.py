@@ -8,6 +8,8 @@ Three samplers, two as in mmaction2 and one as in AVA:
 - keyframe (AVA): `num_frames` frames `interval` apart centred on a key frame; the clip a
   detector sees for the actors at that instant.
 
+And the windows of a timeline (`sliding_windows`): the dense clip, repeated every stride.
+
 Every index returned is a frame ordinal in [0, video_frames).
 """
 
@@ -108,6 +110,29 @@ def keyframe_clip(key_frame: int, video_frames: int, num_frames: int, interval: 
         raise ValueError(f"key frame {key_frame} is outside the video's {video_frames} frames")
     first = key_frame - (num_frames // 2) * interval
     return [min(max(first + j * interval, 0), video_frames - 1) for j in range(num_frames)]
+
+
+def sliding_windows(
+    video_frames: int, fps: float, num_frames: int, interval: int, stride_s: float
+) -> list[list[int]]:
+    """A timeline's windows: clips of `num_frames` ordinals `interval` apart, the k-th starting
+    at the frame nearest k * stride_s seconds, as many as fit wholly in the video. A video
+    shorter than one window is a ValueError that says both lengths."""
+    _check_positive(video_frames=video_frames, num_frames=num_frames, interval=interval)
+    if not (fps > 0 and stride_s > 0):
+        raise ValueError(f"fps and stride_s must be > 0, got {fps!r} and {stride_s!r}")
+    span = (num_frames - 1) * interval + 1
+    if span > video_frames:
+        raise ValueError(
+            f"a window of {num_frames} frames {interval} apart spans {span} frames "
+            f"({span / fps:.2f} s); the video has {video_frames} ({video_frames / fps:.2f} s)"
+        )
+    windows, k = [], 0
+    while (start := round(k * stride_s * fps)) + span <= video_frames:
+        if not windows or start != windows[-1][0]:  # a stride under a frame repeats no window
+            windows.append([start + j * interval for j in range(num_frames)])
+        k += 1
+    return windows
 
 
 def snap_to_keyframes(plan: list[list[int]], keyframes: list[int]) -> list[list[int]]:

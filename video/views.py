@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -22,7 +22,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN as OPENAI_MEAN
 from open_clip.constants import OPENAI_DATASET_STD as OPENAI_STD
 
 from video.decode import DecodeLimits, FrameTransform, Source, VideoInfo, VideoReader
-from video.sampling import SamplingSpec, keyframe_clip, snap_to_keyframes
+from video.sampling import SamplingSpec, keyframe_clip, sliding_windows, snap_to_keyframes
 
 
 def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -237,6 +237,38 @@ def decode_clips(
         raise ValueError(f"sampling is {' or '.join(SAMPLING_MODES)}, not {sampling!r}")
     with VideoReader(source, limits, device) as reader:
         return clips_plan(reader, spec, sampling).read(reader)
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of a timeline: a clip of the model's frames, short side at the view size."""
+
+    start_s: float  # the first frame's time (frame ordinal / average fps)
+    end_s: float  # the end of the last frame
+    clip: torch.Tensor  # (T, 3, H, W) uint8
+
+
+def stream_windows(reader: VideoReader, spec: ViewSpec, stride_s: float) -> Iterator[Window]:
+    """The sliding windows of the video `reader` has open (video.sampling.sliding_windows with
+    the spec's frames and interval), each yielded as soon as its last frame is decoded. One
+    decode front to back; only the frames a window still to come needs are kept, so memory is
+    one window's span of resized frames whatever the video's length."""
+    info, s = reader.info, spec.sampling
+    windows = sliding_windows(info.num_frames, info.fps, s.num_frames, s.interval, stride_s)
+    ordinals = sorted({i for w in windows for i in w})
+    transform = functools.partial(resize_short_side, size=spec.image_size)
+    kept: dict[int, torch.Tensor] = {}
+    w = 0
+    for ordinal, frame in reader.stream(ordinals, transform):
+        kept[ordinal] = frame
+        while w < len(windows) and windows[w][-1] <= ordinal:
+            frames = windows[w]
+            clip = torch.stack([kept[i] for i in frames])
+            yield Window(frames[0] / info.fps, (frames[-1] + 1) / info.fps, clip)
+            w += 1
+            first_needed = windows[w][0] if w < len(windows) else ordinal + 1
+            for i in [i for i in kept if i < first_needed]:
+                del kept[i]
 
 
 def load_views(
