@@ -235,9 +235,18 @@ def predict(
     crops: int = typer.Option(None, help="spatial crops, 1 or 3 (default: the checkpoint's)"),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     base: str = typer.Option(None, help=BASE_HELP),
+    timeline: bool = typer.Option(
+        False,
+        help="classify sliding windows over the whole video: one NDJSON record per "
+        "window, then a summary with the segments",
+    ),
+    stride: float = typer.Option(1.0, help="timeline: seconds between window starts"),
+    out: Path = typer.Option(None, help="timeline: also write the records (.jsonl or .csv)"),
+    plot: Path = typer.Option(None, help="timeline: a PNG strip chart of the top labels' scores"),
 ) -> None:
     """Top-k labels for one local video file (a detection model: actors with their top-k
-    actions at each 1 Hz key frame): the service's answer, computed in this process."""
+    actions at each 1 Hz key frame): the service's answer, computed in this process. With
+    --timeline, a classifier's labels over time."""
     import asyncio
     import time
 
@@ -253,6 +262,9 @@ def predict(
         runner = ModelRunner(str(model), precision=precision, base=base)
     except (CheckpointError, ValueError) as e:
         _fail(str(e))
+    if timeline:
+        _timeline(runner, video, top_k, crops, stride, out, plot)
+        return
     # The service's pipeline with the limits of a local file (the library's decode defaults),
     # decoded on the CPU with the threads FFmpeg picks.
     settings = ServiceSettings(
@@ -272,6 +284,37 @@ def predict(
         _fail(f"{video}: {e.detail}")
     for line in answer.text(top_k):
         typer.echo(line)
+
+
+def _timeline(runner, video: Path, top_k: int, crops, stride: float, out, plot) -> None:
+    from service.responses import TimelineWindow
+    from service.settings import ServiceSettings
+    from service.tasks import TASKS
+    from service.timeline import local_timeline, plot_timeline, write_records
+    from video.decode import DecodeLimits, VideoError, VideoReader
+    from video.views import ViewSpec
+
+    if not TASKS[runner.task].timeline:
+        _fail(f"a {runner.task} model has no timeline: a timeline classifies windows")
+    if not stride > 0:
+        _fail(f"--stride must be > 0 seconds, not {stride}")
+    if out is not None and out.suffix not in (".jsonl", ".ndjson", ".csv"):
+        _fail(f"--out {out}: the records go to .jsonl, .ndjson or .csv")
+    spec = ViewSpec.from_preprocess(runner.info.preprocess).with_views(spatial_crops=crops)
+    longest = ServiceSettings.model_fields["max_timeline_seconds"].default
+    limits = DecodeLimits(max_duration_s=longest, max_frames=int(longest * 60))  # up to 60 fps
+    records = []
+    try:
+        with VideoReader(video, limits) as reader:
+            for record in local_timeline(runner, reader, spec, stride, top_k):
+                records.append(record)
+                typer.echo(record.model_dump_json())
+    except (VideoError, ValueError) as e:
+        _fail(str(e))
+    if out is not None:
+        write_records(records, out)
+    if plot is not None:
+        plot_timeline([r for r in records if isinstance(r, TimelineWindow)], plot)
 
 
 class SynthTask(str, Enum):

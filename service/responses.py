@@ -121,6 +121,37 @@ class Detection(Answer):
         return lines
 
 
+class TimelineWindow(Answer):
+    """A timeline's record per window (an NDJSON line), in time order."""
+
+    type: Literal["window"] = "window"
+    start_s: float
+    end_s: float = Field(description="the end of the window's last frame")
+    labels: list[Label]
+    inference_ms: float = Field(description="the model batch this window ran in")
+
+
+class TimelineSegment(Answer):
+    start_s: float
+    end_s: float = Field(description="where the next segment starts (the last: its window's end)")
+    label: str = Field(description="the top label of each of its windows")
+    windows: int
+    mean_score: float = Field(description="the label's mean score over the windows")
+
+
+class TimelineSummary(Answer):
+    """A timeline's last record."""
+
+    type: Literal["summary"] = "summary"
+    windows: int
+    stride_s: float
+    duration_s: float
+    segments: list[TimelineSegment]
+    frames_decoded: int
+    inference_ms: float
+    total_ms: float
+
+
 class ModelCard(Answer):
     """GET /v1/model: the served model."""
 

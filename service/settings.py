@@ -38,6 +38,9 @@ class ServiceSettings(BaseModel):
     # Uploads: the limit is enforced while reading, before the body is buffered.
     max_upload_bytes: int = Field(100 * 2**20, ge=1024)
     max_video_seconds: float = Field(600.0, gt=0)
+    # A timeline (zeroi2v predict --timeline) reads the whole video, front to back, in bounded
+    # memory: longer videos than a single answer may be.
+    max_timeline_seconds: float = Field(1800.0, gt=0)
     max_video_side: int = Field(3840, ge=16)
     # Per-request cost, whatever the file's size (video/decode.py DecodeLimits): frames
     # decoded x their pixels, and how thin a frame may be (resizing it to the short side).

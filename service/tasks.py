@@ -65,6 +65,7 @@ class Inference:
 class ServingTask(Protocol):
     name: str
     endpoint: str
+    timeline: bool  # whether labels over sliding windows make sense (service/timeline.py)
 
     def local_params(self, top_k: int, temporal_clips: int | None, spatial_crops: int | None):
         """The parameters of `zeroi2v predict` (its options; top_k is applied when printing)."""
@@ -101,6 +102,7 @@ class Classify:
     """One label set per video: softmax averaged over temporal clips x spatial crops."""
 
     name, endpoint = "classify", "/classify"
+    timeline = True
 
     def local_params(self, top_k, temporal_clips, spatial_crops) -> ClassifyParams:
         return ClassifyParams(top_k, temporal_clips, spatial_crops)
@@ -162,6 +164,7 @@ class Detect:
     """AVA-style: per key frame, actor boxes (given, or the localiser's) and their actions."""
 
     name, endpoint = "detect", "/detect"
+    timeline = False
 
     def local_params(self, top_k, temporal_clips, spatial_crops) -> DetectParams:
         # 1 Hz key frames; every action of an actor, best first (the top_k are printed

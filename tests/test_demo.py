@@ -71,3 +71,40 @@ def test_clips_are_reproducible_and_apart_from_the_training_seed(tmp_path):
     b = demo.write_clips(tmp_path / "b", per_class=2)
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
     assert demo.DATA["seed"] != demo.CLIPS_SEED and len({Path(p).name for p in a}) == 16
+
+
+def test_a_timeline_finds_the_segments_of_concatenated_demo_clips(tmp_path):
+    """Four demo classes, 4 s each (two 2 s clips of the class), one video: the timeline's
+    segments have the true labels, in order, and boundaries within one stride of the truth;
+    the CSV and the PNG are written."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    # Classes the demo model tells apart with confidence (a clockwise rotation it may take for
+    # an anticlockwise one): this checks the timeline, not the model.
+    order = ["moving_left", "growing", "moving_down", "shrinking"]
+    frames = []
+    for name in order:
+        for i in range(2):
+            rng = np.random.default_rng([demo.CLIPS_SEED, demo.CLASSES.index(name), i])
+            frames.append(demo.synth_frames(name, rng, 16, 64, demo.DATA["clutter"]))
+    video = tmp_path / "four_actions.mp4"
+    demo.write_mp4(video, np.concatenate(frames))  # 8 fps: 16 s
+    csv_path, png = tmp_path / "timeline.csv", tmp_path / "timeline.png"
+    result = CliRunner().invoke(
+        app, ["predict", str(video), "--model", str(demo.SHIPPED), "--timeline", "--stride", "2",
+              "--top-k", "3", "--out", str(csv_path), "--plot", str(png)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.output.splitlines()]
+    windows, summary = records[:-1], records[-1]
+    assert summary["type"] == "summary" and summary["windows"] == len(windows) == 8
+    assert all(w["type"] == "window" and len(w["labels"]) == 3 for w in windows)
+    segments = summary["segments"]
+    assert [s["label"] for s in segments] == order
+    for segment, true_start in zip(segments, (0, 4, 8, 12), strict=True):
+        assert abs(segment["start_s"] - true_start) <= 2.0
+    assert segments[-1]["end_s"] == windows[-1]["end_s"] == 127 / 8  # the last frame's end
+    assert len(csv_path.read_text().splitlines()) == 1 + 8 and png.stat().st_size > 5000

@@ -261,3 +261,44 @@ def test_stream_windows_are_the_read_clips_with_their_times(tmp_path):
     for k, window in enumerate(windows):
         frames = [5 * k + 2 * j for j in range(4)]
         assert torch.equal(window.clip, resize_short_side(full[frames], 32))
+
+
+STREAM_MEMORY = """
+import resource, sys
+from video import VideoReader
+from video.decode import DecodeLimits
+from video.sampling import SamplingSpec
+from video.views import ViewSpec, stream_windows
+
+spec = ViewSpec(sampling=SamplingSpec(num_frames=8, interval=2), image_size=224)
+with VideoReader(sys.argv[1], DecodeLimits(threads=1)) as reader:
+    windows = stream_windows(reader, spec, stride_s=1.0)
+    next(windows)  # the decoder and the first window's frames are up
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    count = 1 + sum(1 for _ in windows)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(count, (after - before) / 1024)
+"""
+
+
+def test_stream_windows_keep_memory_flat_whatever_the_length(tmp_path):
+    """A 10-minute video grows the peak RSS no more than a 1-minute one: frames are dropped
+    once no window needs them (kept, the 10 minutes' resized frames would be over 600 MB)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from tests.media import write_clip
+
+    growth = {}
+    for minutes in (1, 10):
+        frames = minutes * 60 * 8
+        images = [np.full((48, 64, 3), i % 251, np.uint8) for i in range(frames)]
+        path = write_clip(tmp_path / f"{minutes}min.mp4", frames, fps=8, size=(64, 48),
+                          gop=64, images=images)  # fmt: skip
+        out = subprocess.run([sys.executable, "-c", STREAM_MEMORY, str(path)], check=True,
+                             capture_output=True, text=True).stdout.split()  # fmt: skip
+        windows, growth[minutes] = int(out[0]), float(out[1])
+        assert windows == minutes * 60 - 1  # a window every second that fits (span 15 frames)
+    assert growth[10] < growth[1] + 16, growth  # MB

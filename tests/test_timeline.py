@@ -1,0 +1,61 @@
+"""The timeline's pieces alone: merging windows into segments, the record files, bad options."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from service.responses import Label, TimelineWindow
+from service.timeline import merge_segments, write_records
+from training import demo
+
+
+def window(start: float, label: str, score: float) -> TimelineWindow:
+    return TimelineWindow(start_s=start, end_s=start + 1.5, inference_ms=1.0,
+                          labels=[Label(label=label, index=0, score=score)])  # fmt: skip
+
+
+def test_consecutive_windows_with_one_top_label_are_one_segment():
+    windows = [window(0, "a", 0.9), window(1, "a", 0.7), window(2, "b", 0.6), window(3, "a", 1.0)]
+    segments = merge_segments(windows)
+    assert [(s.label, s.start_s, s.end_s, s.windows) for s in segments] == [
+        ("a", 0, 2, 2), ("b", 2, 3, 1), ("a", 3, 4.5, 1)
+    ]  # fmt: skip
+    assert segments[0].mean_score == pytest.approx(0.8)
+    assert merge_segments([]) == []
+
+
+def test_records_as_ndjson_and_csv(tmp_path):
+    windows = [window(0, "a", 0.9), window(1, "b", 0.5)]
+    write_records(windows, tmp_path / "t.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert [line["labels"][0]["label"] for line in lines] == ["a", "b"]
+    write_records(windows, tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text().splitlines() == [
+        "start_s,end_s,label1,score1", "0.0,1.5,a,0.9", "1.0,2.5,b,0.5"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=".jsonl, .ndjson or .csv"):
+        write_records(windows, tmp_path / "t.txt")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(["--stride", "0"], "--stride must be > 0"), (["--out", "t.txt"], ".jsonl, .ndjson or .csv")],
+)
+def test_bad_timeline_options_are_refused(tmp_path, options, message):
+    clip = demo.write_clips(tmp_path / "clips")[0]
+    result = CliRunner().invoke(
+        app, ["predict", str(clip), "-m", str(demo.SHIPPED), "--timeline", *options]
+    )
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_a_video_shorter_than_a_window_is_refused(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    short = tmp_path / "short.mp4"
+    demo.write_mp4(short, demo.synth_frames("growing", rng, 10, 64, 0.25))  # 10 frames < 15
+    result = CliRunner().invoke(app, ["predict", str(short), "-m", str(demo.SHIPPED), "--timeline"])
+    assert result.exit_code == 2 and "spans 15 frames" in result.output
