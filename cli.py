@@ -240,7 +240,7 @@ def predict(
         help="classify sliding windows over the whole video: one NDJSON record per "
         "window, then a summary with the segments",
     ),
-    stride: float = typer.Option(1.0, help="timeline: seconds between window starts"),
+    stride: float = typer.Option(None, help="timeline: seconds between window starts [1.0]"),
     out: Path = typer.Option(None, help="timeline: also write the records (.jsonl or .csv)"),
     plot: Path = typer.Option(None, help="timeline: a PNG strip chart of the top labels' scores"),
 ) -> None:
@@ -263,8 +263,13 @@ def predict(
     except (CheckpointError, ValueError) as e:
         _fail(str(e))
     if timeline:
-        _timeline(runner, video, top_k, crops, stride, out, plot)
+        if clips is not None:
+            _fail("--clips has no meaning with --timeline: each window is one clip")
+        _timeline(runner, video, model, top_k, crops, 1.0 if stride is None else stride, out,
+                  plot)  # fmt: skip
         return
+    if stride is not None or out is not None or plot is not None:
+        _fail("--stride, --out and --plot go with --timeline")
     # The service's pipeline with the limits of a local file (the library's decode defaults),
     # decoded on the CPU with the threads FFmpeg picks.
     settings = ServiceSettings(
@@ -286,35 +291,41 @@ def predict(
         typer.echo(line)
 
 
-def _timeline(runner, video: Path, top_k: int, crops, stride: float, out, plot) -> None:
+def _timeline(runner, video: Path, model: Path, top_k: int, crops, stride: float, out, plot):
+    import math
+
     from service.responses import TimelineWindow
     from service.settings import ServiceSettings
     from service.tasks import TASKS
-    from service.timeline import local_timeline, plot_timeline, write_records
+    from service.timeline import RecordWriter, local_timeline, plot_timeline
     from video.decode import DecodeLimits, VideoError, VideoReader
     from video.views import ViewSpec
 
     if not TASKS[runner.task].timeline:
         _fail(f"a {runner.task} model has no timeline: a timeline classifies windows")
-    if not stride > 0:
-        _fail(f"--stride must be > 0 seconds, not {stride}")
-    if out is not None and out.suffix not in (".jsonl", ".ndjson", ".csv"):
-        _fail(f"--out {out}: the records go to .jsonl, .ndjson or .csv")
-    spec = ViewSpec.from_preprocess(runner.info.preprocess).with_views(spatial_crops=crops)
-    longest = ServiceSettings.model_fields["max_timeline_seconds"].default
+    if not (stride > 0 and math.isfinite(stride)):
+        _fail(f"--stride must be a number of seconds > 0, not {stride}")
+    if plot is not None and plot.suffix.lower() != ".png":
+        _fail(f"--plot {plot}: the chart is a .png")
+    longest = ServiceSettings.from_env(model_path=str(model)).max_timeline_seconds
     limits = DecodeLimits(max_duration_s=longest, max_frames=int(longest * 60))  # up to 60 fps
-    records = []
+    windows = []
     try:
-        with VideoReader(video, limits) as reader:
+        spec = ViewSpec.from_preprocess(runner.info.preprocess).with_views(spatial_crops=crops)
+        # Opened before decoding: a bad path fails at once, and the records written so far
+        # stay in the file if the video breaks off.
+        with RecordWriter(out, top_k) as writer, VideoReader(video, limits) as reader:
             for record in local_timeline(runner, reader, spec, stride, top_k):
-                records.append(record)
+                writer.write(record)
                 typer.echo(record.model_dump_json())
+                if isinstance(record, TimelineWindow):
+                    windows.append(record)
+        if plot is not None:
+            plot_timeline(windows, plot)
     except (VideoError, ValueError) as e:
         _fail(str(e))
-    if out is not None:
-        write_records(records, out)
-    if plot is not None:
-        plot_timeline([r for r in records if isinstance(r, TimelineWindow)], plot)
+    except OSError as e:
+        _fail(f"{e.filename}: {e.strerror}")
 
 
 class SynthTask(str, Enum):

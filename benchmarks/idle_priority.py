@@ -3,7 +3,8 @@
 The shipped demo model (service.model_runner.ModelRunner, 2 torch threads, OpenMP passive as
 the service's model replica runs) times batches of 1, 3 and 6 views: alone, beside a process
 that keeps one core busy at normal priority, at nice 19, and at SCHED_IDLE (what the service's
-Decoder uses for plans over low_priority_megapixels). Medians of 5 calls after a warm one.
+Decoder used, for a while, for plans over a cost threshold: benchmarks/README.md says why it
+was taken out). Medians of 5 calls after a warm one.
 
     .venv/bin/python benchmarks/idle_priority.py --json benchmarks/results/idle_priority_cpu.json
 """

@@ -10,7 +10,6 @@ and then a summary.
 from __future__ import annotations
 
 import csv
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,10 +31,13 @@ def top_labels(probabilities: torch.Tensor, class_names: list[str], top_k: int) 
 
 
 def merge_segments(windows: list[TimelineWindow]) -> list[TimelineSegment]:
-    """Consecutive windows with the same top label as one segment. A segment starts where its
-    first window starts and ends where the next segment starts (its last window's end for the
-    last one), so segments tile the analysed span without overlaps."""
+    """Consecutive windows with the same top label as one segment. Where the label changes,
+    the boundary is midway between the centres of the last window of one label and the first
+    of the next: a window takes a new label about when the new action fills half of it, so its
+    start would put boundaries early by half a window. The first segment starts with the first
+    window, the last ends with the last window; segments tile that span without overlaps."""
     segments: list[TimelineSegment] = []
+    previous: TimelineWindow | None = None
     for w in windows:
         label = w.labels[0].label
         if segments and segments[-1].label == label:
@@ -45,11 +47,16 @@ def merge_segments(windows: list[TimelineWindow]) -> list[TimelineSegment]:
                         "mean_score": last.mean_score + (w.labels[0].score - last.mean_score)
                         / (last.windows + 1)}
             )  # fmt: skip
+            previous = w
             continue
+        start = w.start_s
         if segments:
-            segments[-1] = segments[-1].model_copy(update={"end_s": w.start_s})
-        segments.append(TimelineSegment(start_s=w.start_s, end_s=w.end_s, label=label,
+            centre = (previous.start_s + previous.end_s + w.start_s + w.end_s) / 4
+            start = round(centre, 3)
+            segments[-1] = segments[-1].model_copy(update={"end_s": start})
+        segments.append(TimelineSegment(start_s=start, end_s=w.end_s, label=label,
                                         windows=1, mean_score=w.labels[0].score))  # fmt: skip
+        previous = w
     return [s.model_copy(update={"mean_score": round(s.mean_score, 6)}) for s in segments]
 
 
@@ -106,24 +113,51 @@ def local_timeline(
     )
 
 
+class RecordWriter:
+    """Writes a timeline's records as they come: NDJSON (.jsonl, .ndjson: the windows and the
+    summary), or CSV (.csv: start, end, then label and score of each of the top labels, a
+    window a row). A path of None writes nothing. Use as a context manager."""
+
+    SUFFIXES = (".jsonl", ".ndjson", ".csv")
+
+    def __init__(self, path: Path | None, top_k: int):
+        self.path = None if path is None else Path(path)
+        if self.path is not None and self.path.suffix not in self.SUFFIXES:
+            raise ValueError(f"{self.path}: timeline records go to .jsonl, .ndjson or .csv")
+        self.top_k = top_k
+        self._file = self._csv = None
+
+    def __enter__(self) -> RecordWriter:
+        if self.path is not None:
+            self._file = self.path.open("w", newline="")
+            if self.path.suffix == ".csv":
+                self._csv = csv.writer(self._file)
+                self._csv.writerow(["start_s", "end_s"] + [
+                    f"{c}{i + 1}" for i in range(self.top_k) for c in ("label", "score")
+                ])  # fmt: skip
+        return self
+
+    def write(self, record: TimelineWindow | TimelineSummary) -> None:
+        if self._file is None:
+            return
+        if self._csv is None:
+            self._file.write(record.model_dump_json() + "\n")
+        elif isinstance(record, TimelineWindow):
+            labels = [v for lab in record.labels for v in (lab.label, lab.score)]
+            self._csv.writerow([record.start_s, record.end_s, *labels])
+        self._file.flush()
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 def write_records(records: list[TimelineWindow | TimelineSummary], path: Path) -> None:
-    """The windows and the summary as NDJSON (.jsonl, .ndjson), or the windows as CSV (.csv:
-    start, end, then label and score of each of the top labels)."""
-    path = Path(path)
-    windows = [r for r in records if isinstance(r, TimelineWindow)]
-    if path.suffix == ".csv":
-        k = max((len(w.labels) for w in windows), default=0)
-        with path.open("w", newline="") as f:
-            out = csv.writer(f)
-            out.writerow(["start_s", "end_s"] + [f"{c}{i + 1}" for i in range(k)
-                                                 for c in ("label", "score")])  # fmt: skip
-            for w in windows:
-                out.writerow([w.start_s, w.end_s] + [v for lab in w.labels
-                                                     for v in (lab.label, lab.score)])  # fmt: skip
-    elif path.suffix in (".jsonl", ".ndjson"):
-        path.write_text("".join(json.dumps(r.model_dump()) + "\n" for r in records))
-    else:
-        raise ValueError(f"{path}: timeline records go to .jsonl, .ndjson or .csv")
+    """All of `records` to `path` at once (RecordWriter's formats)."""
+    top_k = max((len(r.labels) for r in records if isinstance(r, TimelineWindow)), default=0)
+    with RecordWriter(path, top_k) as writer:
+        for record in records:
+            writer.write(record)
 
 
 def plot_timeline(windows: list[TimelineWindow], path: Path, classes: int = 5) -> None:

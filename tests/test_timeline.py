@@ -19,8 +19,9 @@ def window(start: float, label: str, score: float) -> TimelineWindow:
 def test_consecutive_windows_with_one_top_label_are_one_segment():
     windows = [window(0, "a", 0.9), window(1, "a", 0.7), window(2, "b", 0.6), window(3, "a", 1.0)]
     segments = merge_segments(windows)
+    # Window centres at 0.75, 1.75, 2.75, 3.75: boundaries midway between them.
     assert [(s.label, s.start_s, s.end_s, s.windows) for s in segments] == [
-        ("a", 0, 2, 2), ("b", 2, 3, 1), ("a", 3, 4.5, 1)
+        ("a", 0, 2.25, 2), ("b", 2.25, 3.25, 1), ("a", 3.25, 4.5, 1)
     ]  # fmt: skip
     assert segments[0].mean_score == pytest.approx(0.8)
     assert merge_segments([]) == []
@@ -41,7 +42,15 @@ def test_records_as_ndjson_and_csv(tmp_path):
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [(["--stride", "0"], "--stride must be > 0"), (["--out", "t.txt"], ".jsonl, .ndjson or .csv")],
+    [
+        (["--stride", "0"], "--stride must be a number of seconds > 0"),
+        (["--stride", "inf"], "--stride must be a number of seconds > 0"),
+        (["--out", "t.txt"], ".jsonl, .ndjson or .csv"),
+        (["--out", "/no/such/folder/t.csv"], "/no/such/folder/t.csv: No such file"),
+        (["--plot", "t.txt"], "the chart is a .png"),
+        (["--clips", "2"], "--clips has no meaning with --timeline"),
+        (["--crops", "2"], "spatial_crops must be 1 or 3"),
+    ],
 )
 def test_bad_timeline_options_are_refused(tmp_path, options, message):
     clip = demo.write_clips(tmp_path / "clips")[0]

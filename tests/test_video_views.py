@@ -302,3 +302,14 @@ def test_stream_windows_keep_memory_flat_whatever_the_length(tmp_path):
         windows, growth[minutes] = int(out[0]), float(out[1])
         assert windows == minutes * 60 - 1  # a window every second that fits (span 15 frames)
     assert growth[10] < growth[1] + 16, growth  # MB
+
+
+def test_stream_windows_refuse_a_uniform_sampling_model(tmp_path):
+    from tests.media import write_clip
+    from video import VideoReader
+    from video.views import stream_windows
+
+    path = write_clip(tmp_path / "u.mp4", 30, fps=10)
+    spec = ViewSpec(sampling=SamplingSpec(kind="uniform", num_frames=4))
+    with VideoReader(path) as reader, pytest.raises(ValueError, match="uniform clips"):
+        next(stream_windows(reader, spec, 1.0))

@@ -5,9 +5,9 @@
 
 Outputs in train.out_dir: last.pt (resume point, written atomically every epoch and every
 train.checkpoint_every_steps optimiser steps), log.jsonl (one JSON object per logged step and
-per evaluation), and the final evaluation's report: eval.json plus what the task writes beside
-it (training/tasks.py: eval_confusion.png for classification; eval_ap.png and
-detections_eval.csv for detection on AVA-format data).
+per evaluation), and the final evaluation's report: eval.json plus the task's chart beside it
+(training/tasks.py: eval_confusion.png for classification; eval_ap.png for detection on
+AVA-format data; `zeroi2v eval` also writes a detector's detections as AVA CSV).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ that does not exist), `TypeError` (a source that is not a path, bytes or a file)
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import functools
 import io
@@ -246,45 +247,78 @@ class VideoReader:
         if not wanted:
             return
         self._transform, self._budget = transform, None
-        skip = self.info.codec == "h264" and self._reordered and not self._sequential
-        self._keep_pts = {self._pts[i] for i in wanted} if skip else None
         pending = iter(wanted)
         want = next(pending)
-        try:
-            with _translate_errors(self.name, "read", self.limits.timeout_s):
-                self._deadline = time.monotonic() + self.limits.timeout_s
-                last_pts = None
-                for count, (frame, trusted) in enumerate(self._decode_from(None)):
-                    if self._sequential:
-                        ordinal = count
-                    else:
-                        ordinal = self._ordinal_of.get(frame.pts)
-                        if ordinal is None:
-                            continue
-                        if last_pts is not None and frame.pts < last_pts:
-                            raise NotAVideo(
-                                f"{self.name}: frames come out of order (timestamps go back), "
-                                f"which a stream cannot follow"
-                            )
-                        last_pts = frame.pts
-                    if ordinal > want:  # passed a wanted frame: it never came out
-                        break
-                    if ordinal < want:
-                        continue
-                    if not trusted or self._decode_errors:
-                        break
-                    pixels = self._to_array(frame).permute(2, 0, 1)
-                    yield ordinal, pixels
-                    self._deadline = time.monotonic() + self.limits.timeout_s
-                    want = next(pending, None)
-                    if want is None:
-                        return
-        finally:
-            self._keep_pts = None
+        # As read() does: unreferenced frames are skipped on the first pass; a wanted frame lost
+        # to that, or timestamps that go backwards (AVI's packed B-frames), start the decode
+        # again from the beginning (every frame decoded; or frames counted in order), passing
+        # over what was already yielded.
+        skip = self.info.codec == "h264" and self._reordered and not self._sequential
+        while True:
+            self._keep_pts = {self._pts[i] for i in wanted if i >= want} if skip else None
+            out_of_order = False
+            try:
+                with _translate_errors(self.name, "read", self.limits.timeout_s):
+                    try:
+                        for ordinal, pixels in self._stream_pass([i for i in wanted if i >= want]):
+                            yield ordinal, pixels
+                            self._deadline = time.monotonic() + self.limits.timeout_s
+                            want = next(pending, None)
+                            if want is None:
+                                return
+                    except _PtsOutOfOrder:
+                        out_of_order = True
+            finally:
+                self._keep_pts = None
+            if out_of_order:
+                self._sequential, skip = True, False
+            elif skip:
+                skip = False
+            else:
+                break
         raise NotAVideo(
             f"{self.name}: frame {want} of {self.info.num_frames} could not be decoded "
             f"(corrupt or truncated file)"
         )
+
+    # Frames a stream holds back in timestamp order before giving them out: timestamps that go
+    # backwards (AVI's packed B-frames) show within a frame or two of the frames they mislabel,
+    # and a frame given out cannot be taken back.
+    STREAM_LOOKAHEAD = 8
+
+    def _stream_pass(self, remaining: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
+        """One decode from the start: (ordinal, frame) for each of the sorted `remaining`,
+        ending early when one of them did not come out (skipped, lost, or damaged)."""
+        self._deadline = time.monotonic() + self.limits.timeout_s
+        targets = iter(remaining)
+        want = next(targets)
+        last_pts = None
+        held: collections.deque = collections.deque()  # (decoded count, ordinal, frame)
+        lookahead = 0 if self._sequential else self.STREAM_LOOKAHEAD
+        for count, (frame, trusted) in enumerate(self._decode_from(None)):
+            if self._sequential:
+                ordinal = count
+                # A packet that failed to decode left no frame: the count is off after it.
+                trusted = trusted and not self._decode_errors
+            else:
+                ordinal = self._ordinal_of.get(frame.pts)
+                if ordinal is None:
+                    continue
+                if last_pts is not None and frame.pts < last_pts:
+                    raise _PtsOutOfOrder
+                last_pts = frame.pts
+            while held and count - held[0][0] >= lookahead:
+                yield held.popleft()[1:]
+            if want is None or ordinal < want:
+                if want is None and not held:
+                    return
+                continue
+            if ordinal > want or not trusted:
+                break
+            held.append((count, ordinal, self._to_array(frame).permute(2, 0, 1)))
+            want = next(targets, None)
+        while held:
+            yield held.popleft()[1:]
 
     @property
     def keyframes(self) -> list[int]:

@@ -119,20 +119,21 @@ def sliding_windows(
     at the frame nearest k * stride_s seconds, as many as fit wholly in the video. A video
     shorter than one window is a ValueError that says both lengths."""
     _check_positive(video_frames=video_frames, num_frames=num_frames, interval=interval)
-    if not (fps > 0 and stride_s > 0):
-        raise ValueError(f"fps and stride_s must be > 0, got {fps!r} and {stride_s!r}")
+    if not (0 < fps < float("inf") and 0 < stride_s < float("inf")):
+        raise ValueError(f"fps and stride_s must be > 0 and finite, got {fps!r} and {stride_s!r}")
     span = (num_frames - 1) * interval + 1
     if span > video_frames:
         raise ValueError(
             f"a window of {num_frames} frames {interval} apart spans {span} frames "
             f"({span / fps:.2f} s); the video has {video_frames} ({video_frames / fps:.2f} s)"
         )
-    windows, k = [], 0
-    while (start := round(k * stride_s * fps)) + span <= video_frames:
-        if not windows or start != windows[-1][0]:  # a stride under a frame repeats no window
-            windows.append([start + j * interval for j in range(num_frames)])
-        k += 1
-    return windows
+    last = video_frames - span  # the last frame a window can start at
+    if stride_s * fps <= 1:  # a stride of a frame or less: a window at every frame
+        starts = range(last + 1)
+    else:
+        starts = [round(k * stride_s * fps) for k in range(int(last / (stride_s * fps)) + 2)]
+        starts = [s for s in starts if s <= last]
+    return [[start + j * interval for j in range(num_frames)] for start in starts]
 
 
 def snap_to_keyframes(plan: list[list[int]], keyframes: list[int]) -> list[list[int]]:

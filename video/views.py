@@ -254,6 +254,11 @@ def stream_windows(reader: VideoReader, spec: ViewSpec, stride_s: float) -> Iter
     decode front to back; only the frames a window still to come needs are kept, so memory is
     one window's span of resized frames whatever the video's length."""
     info, s = reader.info, spec.sampling
+    if s.kind != "dense":
+        raise ValueError(
+            f"a timeline's windows are clips of frames a fixed interval apart; this model samples "
+            f"{s.kind} clips (spread over a whole video), which a window cannot reproduce"
+        )
     windows = sliding_windows(info.num_frames, info.fps, s.num_frames, s.interval, stride_s)
     ordinals = sorted({i for w in windows for i in w})
     transform = functools.partial(resize_short_side, size=spec.image_size)
