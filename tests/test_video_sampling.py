@@ -147,13 +147,22 @@ def test_functions_validate_counts():
 def test_sliding_windows_start_every_stride_and_fit_the_video():
     from video.sampling import sliding_windows
 
+    def at(fps: float, frames: int) -> list[float]:
+        return [i / fps for i in range(frames)]
+
     # 10 fps, 4 frames 2 apart (a span of 7 frames), a window every 0.5 s: starts 0, 5, ..., 20
-    windows = sliding_windows(30, 10.0, 4, 2, 0.5)
+    windows = sliding_windows(at(10, 30), 4, 2, 0.5)
     assert [w[0] for w in windows] == [0, 5, 10, 15, 20]
     assert windows[0] == [0, 2, 4, 6] and windows[-1][-1] == 26
-    # A stride under a frame repeats no window.
-    assert [w[0] for w in sliding_windows(10, 10.0, 2, 1, 0.04)] == list(range(9))
-    with pytest.raises(ValueError, match=r"spans 15 frames \(1.50 s\); the video has 10"):
-        sliding_windows(10, 10.0, 8, 2, 1.0)
-    with pytest.raises(ValueError, match="stride_s must be > 0"):
-        sliding_windows(30, 10.0, 4, 2, 0.0)
+    # A stride under a frame repeats no window, and a tiny one costs no more than a frame's.
+    assert [w[0] for w in sliding_windows(at(10, 10), 2, 1, 0.04)] == list(range(9))
+    assert len(sliding_windows(at(30, 18000), 8, 2, 1e-9)) == 18000 - 14
+    # Variable frame rate: 1 s at 10 fps, then 30 fps; the starts follow the times.
+    times = at(10, 10) + [1 + i / 30 for i in range(60)]
+    starts = [times[w[0]] for w in sliding_windows(times, 2, 1, 0.5)]
+    assert starts == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5])
+    with pytest.raises(ValueError, match=r"spans 15 frames; the video has 10 \(0.90 s"):
+        sliding_windows(at(10, 10), 8, 2, 1.0)
+    for stride in (0.0, float("inf")):
+        with pytest.raises(ValueError, match="stride_s must be > 0 and finite"):
+            sliding_windows(at(10, 30), 4, 2, stride)

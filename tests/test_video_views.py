@@ -313,3 +313,18 @@ def test_stream_windows_refuse_a_uniform_sampling_model(tmp_path):
     spec = ViewSpec(sampling=SamplingSpec(kind="uniform", num_frames=4))
     with VideoReader(path) as reader, pytest.raises(ValueError, match="uniform clips"):
         next(stream_windows(reader, spec, 1.0))
+
+
+def test_stream_windows_follow_the_timestamps_of_a_variable_frame_rate(tmp_path):
+    """2 s at 10 fps, then 2 s at 20 fps: windows start every second of real time."""
+    from tests.media import write_clip
+    from video import VideoReader
+    from video.views import stream_windows
+
+    pts_ms = [100 * i for i in range(20)] + [2000 + 50 * i for i in range(40)]
+    path = write_clip(tmp_path / "vfr.mp4", len(pts_ms), pts_ms=pts_ms)
+    spec = ViewSpec(sampling=SamplingSpec(num_frames=2, interval=1), image_size=32)
+    with VideoReader(path) as reader:
+        windows = list(stream_windows(reader, spec, stride_s=1.0))
+    assert [w.start_s for w in windows] == pytest.approx([0, 1, 2, 3])
+    assert [w.end_s for w in windows] == pytest.approx([0.2, 1.2, 2.1, 3.1])

@@ -320,6 +320,16 @@ class VideoReader:
         while held:
             yield held.popleft()[1:]
 
+    def frame_times(self) -> list[float]:
+        """Each frame's start in seconds from the first frame, from its timestamp (so a
+        variable frame rate is followed); ordinal / average fps where frames are counted in
+        order because the timestamps cannot be trusted."""
+        if self._sequential or not getattr(self, "_time_base", None):
+            fps = self.info.fps or 1.0
+            return [i / fps for i in range(self.info.num_frames)]
+        first, tb = self._pts[0], self._time_base
+        return [float((p - first) * tb) for p in self._pts]
+
     @property
     def keyframes(self) -> list[int]:
         """Ordinals of the keyframes (where decoding can start), [] when frames are counted
@@ -439,6 +449,7 @@ class VideoReader:
             self._pts, self._keyframes = [], []
         else:
             self._pts = sorted(pts)
+            self._time_base = tb
             self._ordinal_of = {p: i for i, p in enumerate(self._pts)}
             self._keyframes = sorted(self._ordinal_of[p] for p in keyframes)
             gaps = np.diff(self._pts)

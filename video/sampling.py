@@ -16,7 +16,9 @@ Every index returned is a frame ordinal in [0, video_frames).
 from __future__ import annotations
 
 import bisect
+import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -113,26 +115,40 @@ def keyframe_clip(key_frame: int, video_frames: int, num_frames: int, interval: 
 
 
 def sliding_windows(
-    video_frames: int, fps: float, num_frames: int, interval: int, stride_s: float
+    frame_times: Sequence[float], num_frames: int, interval: int, stride_s: float
 ) -> list[list[int]]:
     """A timeline's windows: clips of `num_frames` ordinals `interval` apart, the k-th starting
-    at the frame nearest k * stride_s seconds, as many as fit wholly in the video. A video
-    shorter than one window is a ValueError that says both lengths."""
+    at the frame whose time (`frame_times`, seconds, ascending) is nearest k * stride_s, as many
+    as fit wholly in the video; two targets nearest one frame give one window. A video shorter
+    than one window is a ValueError that says both lengths."""
+    video_frames = len(frame_times)
     _check_positive(video_frames=video_frames, num_frames=num_frames, interval=interval)
-    if not (0 < fps < float("inf") and 0 < stride_s < float("inf")):
-        raise ValueError(f"fps and stride_s must be > 0 and finite, got {fps!r} and {stride_s!r}")
+    if not 0 < stride_s < math.inf:
+        raise ValueError(f"stride_s must be > 0 and finite, got {stride_s!r}")
     span = (num_frames - 1) * interval + 1
     if span > video_frames:
         raise ValueError(
-            f"a window of {num_frames} frames {interval} apart spans {span} frames "
-            f"({span / fps:.2f} s); the video has {video_frames} ({video_frames / fps:.2f} s)"
+            f"a window of {num_frames} frames {interval} apart spans {span} frames; the video "
+            f"has {video_frames} ({frame_times[-1] - frame_times[0]:.2f} s between its first "
+            f"and last frame)"
         )
     last = video_frames - span  # the last frame a window can start at
-    if stride_s * fps <= 1:  # a stride of a frame or less: a window at every frame
-        starts = range(last + 1)
-    else:
-        starts = [round(k * stride_s * fps) for k in range(int(last / (stride_s * fps)) + 2)]
-        starts = [s for s in starts if s <= last]
+    starts: list[int] = []
+    k = 0
+    while True:
+        target = k * stride_s
+        i = bisect.bisect_left(frame_times, target)
+        if i == video_frames or (i and target - frame_times[i - 1] <= frame_times[i] - target):
+            i -= 1  # the nearer frame; a tie goes to the earlier one
+        if i > last:
+            break
+        if not starts or i != starts[-1]:
+            starts.append(i)
+        if i == video_frames - 1:
+            break
+        # Skip the targets that would land on this frame again (a stride under a frame).
+        middle = (frame_times[i] + frame_times[i + 1]) / 2
+        k = max(k + 1, math.ceil(middle / stride_s))
     return [[start + j * interval for j in range(num_frames)] for start in starts]
 
 

@@ -243,7 +243,7 @@ def decode_clips(
 class Window:
     """One window of a timeline: a clip of the model's frames, short side at the view size."""
 
-    start_s: float  # the first frame's time (frame ordinal / average fps)
+    start_s: float  # the first frame's time, from its timestamp (VideoReader.frame_times)
     end_s: float  # the end of the last frame
     clip: torch.Tensor  # (T, 3, H, W) uint8
 
@@ -259,7 +259,8 @@ def stream_windows(reader: VideoReader, spec: ViewSpec, stride_s: float) -> Iter
             f"a timeline's windows are clips of frames a fixed interval apart; this model samples "
             f"{s.kind} clips (spread over a whole video), which a window cannot reproduce"
         )
-    windows = sliding_windows(info.num_frames, info.fps, s.num_frames, s.interval, stride_s)
+    times = reader.frame_times()
+    windows = sliding_windows(times, s.num_frames, s.interval, stride_s)
     ordinals = sorted({i for w in windows for i in w})
     transform = functools.partial(resize_short_side, size=spec.image_size)
     kept: dict[int, torch.Tensor] = {}
@@ -269,7 +270,9 @@ def stream_windows(reader: VideoReader, spec: ViewSpec, stride_s: float) -> Iter
         while w < len(windows) and windows[w][-1] <= ordinal:
             frames = windows[w]
             clip = torch.stack([kept[i] for i in frames])
-            yield Window(frames[0] / info.fps, (frames[-1] + 1) / info.fps, clip)
+            after = frames[-1] + 1  # the window ends where the frame after it starts
+            end = times[after] if after < len(times) else info.duration_s
+            yield Window(times[frames[0]], end, clip)
             w += 1
             first_needed = windows[w][0] if w < len(windows) else ordinal + 1
             for i in [i for i in kept if i < first_needed]:
