@@ -350,12 +350,8 @@ def test_truncated_faststart_mp4_keeps_the_frames_it_has(media):
 
 def test_corrupt_frames_are_refused_not_returned(media):
     path = write_clip(media / "corrupt.mp4", 30, gop=10)
-    with av.open(str(path)) as container:
-        packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
-    data = bytearray(path.read_bytes())
-    pos, size = packets[12]
-    data[pos + 4 : pos + size] = bytes(size - 4)  # keep the NAL length, zero the payload
-    with VideoReader(bytes(data)) as reader:
+    data = zero_packet(path, 12)
+    with VideoReader(data) as reader:
         assert ordinals_of(reader.read([11, 20, 29])) == [11, 20, 29]
         # Frame 12 is lost, and 13-19 predict from it: the decoder would conceal and return
         # plausible garbage, so they are refused until the next keyframe.
@@ -493,16 +489,23 @@ def test_unreferenced_frames_are_skipped_and_wanted_frames_are_exact(name, b_fra
             assert decoded < targets[-1] + 1, (name, threads, decoded)
 
 
+def zero_packet(path: Path, index: int) -> bytes:
+    """The file's bytes with the payload of its `index`-th video packet zeroed (its 4-byte
+    NAL length kept), as a damaged download or disk would leave it."""
+    with av.open(str(path)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+    data = bytearray(path.read_bytes())
+    pos, size = packets[index]
+    data[pos + 4 : pos + size] = bytes(size - 4)
+    return bytes(data)
+
+
 def test_a_corrupt_reference_frame_is_not_skipped_silently(media):
     """The skip is decided from the NAL headers: a zeroed packet is sent to the decoder, which
     fails on it, and the frames predicted from it are refused, wanted or not."""
     path = write_clip(media / "corrupt_ref.mp4", 30, gop=30)
-    with av.open(str(path)) as container:
-        packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
-    data = bytearray(path.read_bytes())
-    pos, size = packets[5]
-    data[pos + 4 : pos + size] = bytes(size - 4)
-    with VideoReader(bytes(data)) as reader, pytest.raises(NotAVideo, match="not be decoded"):
+    data = zero_packet(path, 5)
+    with VideoReader(data) as reader, pytest.raises(NotAVideo, match="not be decoded"):
         reader.read([20])
 
 
@@ -591,22 +594,14 @@ def test_a_stream_refuses_unsorted_ordinals_and_a_frame_that_does_not_decode(med
         with pytest.raises(IndexError):
             list(reader.stream([1, 99]))
     path = write_clip(media / "corrupt_stream.mp4", 30, gop=30)
-    with av.open(str(path)) as container:
-        packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
-    data = bytearray(path.read_bytes())
-    pos, size = packets[5]
-    data[pos + 4 : pos + size] = bytes(size - 4)
-    with VideoReader(bytes(data)) as reader:
+    data = zero_packet(path, 5)
+    with VideoReader(data) as reader:
         frames = reader.stream([1, 20])
         assert next(frames)[0] == 1  # before the damage
         with pytest.raises(NotAVideo, match="frame 20 of 30 could not be decoded"):
             next(frames)
     # With a keyframe every 10 frames the damage ends at frame 10: the stream goes on.
     path = write_clip(media / "corrupt_stream_gop.mp4", 30, gop=10)
-    with av.open(str(path)) as container:
-        packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
-    data = bytearray(path.read_bytes())
-    pos, size = packets[5]
-    data[pos + 4 : pos + size] = bytes(size - 4)
-    with VideoReader(bytes(data)) as reader:
+    data = zero_packet(path, 5)
+    with VideoReader(data) as reader:
         assert [i for i, _ in reader.stream([1, 20, 25])] == [1, 20, 25]
