@@ -152,14 +152,6 @@ class RecordWriter:
             self._file.close()
 
 
-def write_records(records: list[TimelineWindow | TimelineSummary], path: Path) -> None:
-    """All of `records` to `path` at once (RecordWriter's formats)."""
-    top_k = max((len(r.labels) for r in records if isinstance(r, TimelineWindow)), default=0)
-    with RecordWriter(path, top_k) as writer:
-        for record in records:
-            writer.write(record)
-
-
 def plot_timeline(windows: list[TimelineWindow], path: Path, classes: int = 5) -> None:
     """A strip chart: the score of each of the `classes` most often top-ranked labels over time,
     one line each, and the top label of each window as a coloured band beneath."""

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from service.responses import Label, TimelineWindow
-from service.timeline import merge_segments, write_records
+from service.timeline import RecordWriter, merge_segments
 from training import demo
 
 
@@ -25,6 +25,12 @@ def test_consecutive_windows_with_one_top_label_are_one_segment():
     ]  # fmt: skip
     assert segments[0].mean_score == pytest.approx(0.8)
     assert merge_segments([]) == []
+
+
+def write_records(records, path) -> None:
+    with RecordWriter(path, top_k=1) as writer:
+        for record in records:
+            writer.write(record)
 
 
 def test_records_as_ndjson_and_csv(tmp_path):

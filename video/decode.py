@@ -546,11 +546,6 @@ class VideoReader:
             return targets[-1] + 1
         return sum(g[-1] - (self._keyframe_before(g[0]) or 0) + 1 for g in self._groups(targets))
 
-    def decoded_pixels(self, targets: list[int]) -> int:
-        """What decoding the sorted unique ordinals `targets` plans, in pixels decoded: the
-        cost a read is charged (DecodeLimits.max_decoded_pixels)."""
-        return self.frames_to_decode(targets) * self.info.width * self.info.height
-
     def _check_cost(self, targets: list[int]) -> None:
         """Refuse a read whose plan is over the budget, and arm the count that stops one whose
         decoding goes over it all the same."""
@@ -560,8 +555,8 @@ class VideoReader:
             return
         per_frame = self.info.width * self.info.height
         self._budget = (self.frames_decoded, limit // per_frame)
-        pixels = self.decoded_pixels(targets)
-        frames = pixels // per_frame
+        frames = self.frames_to_decode(targets)
+        pixels = frames * per_frame
         if pixels > limit:
             raise OverCostLimit(
                 f"{self.name}: this request needs up to {frames} frames of "
