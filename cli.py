@@ -240,7 +240,9 @@ def predict(
         help="classify sliding windows over the whole video: one NDJSON record per "
         "window, then a summary with the segments",
     ),
-    stride: float = typer.Option(None, help="timeline: seconds between window starts [1.0]"),
+    stride: float = typer.Option(
+        None, help="timeline: seconds between window starts [half a window]"
+    ),
     out: Path = typer.Option(None, help="timeline: also write the records (.jsonl or .csv)"),
     plot: Path = typer.Option(None, help="timeline: a PNG strip chart of the top labels' scores"),
 ) -> None:
@@ -262,22 +264,21 @@ def predict(
         runner = ModelRunner(str(model), precision=precision, base=base)
     except (CheckpointError, ValueError) as e:
         _fail(str(e))
-    if timeline:
-        if clips is not None:
-            _fail("--clips has no meaning with --timeline: each window is one clip")
-        _timeline(runner, video, model, top_k, crops, 1.0 if stride is None else stride, out,
-                  plot)  # fmt: skip
-        return
-    if stride is not None or out is not None or plot is not None:
+    if timeline and clips is not None:
+        _fail("--clips has no meaning with --timeline: each window is one clip")
+    if not timeline and (stride is not None or out is not None or plot is not None):
         _fail("--stride, --out and --plot go with --timeline")
     # The service's pipeline with the limits of a local file (the library's decode defaults),
     # decoded on the CPU with the threads FFmpeg picks.
-    settings = ServiceSettings(
+    settings = ServiceSettings.from_env(
         model_path=str(model), base=base, max_top_k=top_k, max_views=10**6, max_keyframes=10**6,
         max_decode_megapixels=10**9, decode_timeout_s=DecodeLimits.timeout_s, decode_device="cpu",
     )  # fmt: skip
     backend = LocalBackend(runner, settings, decode_threads=DecodeLimits.threads)
-    service = VideoService(settings, runner.info, backend)
+    service = VideoService(settings, runner.info, backend, timeline_threads=DecodeLimits.threads)
+    if timeline:
+        asyncio.run(_timeline(service, video, top_k, crops, stride, out, plot))
+        return
     params = service.task.local_params(top_k, clips, crops)
     try:
         data = video.read_bytes()
@@ -291,38 +292,36 @@ def predict(
         typer.echo(line)
 
 
-def _timeline(runner, video: Path, model: Path, top_k: int, crops, stride: float, out, plot):
-    import math
+async def _timeline(service, video: Path, top_k: int, crops, stride, out, plot) -> None:
+    import contextlib
 
+    from service.problems import Problem
     from service.responses import TimelineWindow
-    from service.settings import ServiceSettings
-    from service.tasks import TASKS
-    from service.timeline import RecordWriter, local_timeline, plot_timeline
-    from video.decode import DecodeLimits, VideoError, VideoReader
-    from video.views import ViewSpec
+    from service.timeline import RecordWriter, TimelineParams, plot_timeline
 
-    if not TASKS[runner.task].timeline:
-        _fail(f"a {runner.task} model has no timeline: a timeline classifies windows")
-    if not (stride > 0 and math.isfinite(stride)):
+    if stride is not None and not 0 < stride < float("inf"):
         _fail(f"--stride must be a number of seconds > 0, not {stride}")
     if plot is not None and plot.suffix.lower() != ".png":
         _fail(f"--plot {plot}: the chart is a .png")
-    longest = ServiceSettings.from_env(model_path=str(model)).max_timeline_seconds
-    limits = DecodeLimits(max_duration_s=longest, max_frames=int(longest * 60))  # up to 60 fps
     windows = []
     try:
-        spec = ViewSpec.from_preprocess(runner.info.preprocess).with_views(spatial_crops=crops)
         # Opened before decoding: a bad path fails at once, and the records written so far
         # stay in the file if the video breaks off.
-        with RecordWriter(out, top_k) as writer, VideoReader(video, limits) as reader:
-            for record in local_timeline(runner, reader, spec, stride, top_k):
-                writer.write(record)
-                typer.echo(record.model_dump_json())
-                if isinstance(record, TimelineWindow):
-                    windows.append(record)
+        with RecordWriter(out, top_k) as writer:
+            if not video.is_file():
+                _fail(f"{video}: no such file")
+            async with contextlib.AsyncExitStack() as stack:
+                params = TimelineParams(stride, top_k, crops)
+                async for record in await service.timeline(video, params, stack):
+                    writer.write(record)
+                    typer.echo(record.model_dump_json())
+                    if isinstance(record, TimelineWindow):
+                        windows.append(record)
         if plot is not None:
             plot_timeline(windows, plot)
-    except (VideoError, ValueError) as e:
+    except Problem as e:  # its detail names the file
+        _fail(e.detail)
+    except ValueError as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"{e.filename}: {e.strerror}")

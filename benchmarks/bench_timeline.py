@@ -26,7 +26,7 @@ from service.model_runner import ModelRunner
 from service.timeline import local_timeline
 from training import demo
 from video.decode import DecodeLimits, VideoReader
-from video.views import ViewSpec, stream_windows
+from video.views import ViewSpec, windows_plan
 
 
 def long_video(path: Path, minutes: float) -> Path:
@@ -51,7 +51,7 @@ def main(args) -> dict:
     for _ in range(args.reps):
         with VideoReader(video, limits) as reader:
             start = time.perf_counter()
-            windows = sum(1 for _ in stream_windows(reader, spec, args.stride))
+            windows = sum(1 for _ in windows_plan(reader, spec, args.stride).stream(reader))
             decode_s = time.perf_counter() - start
             seconds = reader.info.duration_s
         with VideoReader(video, limits) as reader:

@@ -10,13 +10,18 @@ limit + one chunk, never buffered whole; multipart bodies are parsed from that s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import json
+import shutil
+import tempfile
 import time
-from typing import Literal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import BinaryIO, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -28,10 +33,15 @@ from service.responses import (
     Classification,
     Detection,
     ModelCard,
+    ProblemDetail,
     Status,
+    TimelineSummary,
+    TimelineWindow,
     problem_responses,
+    stream_response,
 )
 from service.tasks import ClassifyParams, DetectParams
+from service.timeline import TimelineParams
 from service.video_service import VideoService, parse_boxes
 
 
@@ -187,7 +197,100 @@ def create_app() -> FastAPI:
         async with svc.admission():
             return await within_deadline(svc, svc.predict(body, params, start))
 
+    @app.post(
+        "/timeline",
+        tags=["inference"],
+        openapi_extra=video_body(),
+        response_class=StreamingResponse,
+        responses={
+            **stream_response(
+                NDJSON,
+                "Streamed as windows are scored: a TimelineWindow per window, then a "
+                "TimelineSummary; a failure after the first line ends the stream with a "
+                "problem+json record (ProblemDetail) instead of the summary",
+                TimelineWindow,
+                TimelineSummary,
+                ProblemDetail,
+            ),  # fmt: skip
+            **problem_responses(400, 401, 408, 409, 413, 415, 422, 431, 503, 507),
+        },
+    )
+    async def timeline(
+        request: Request,
+        stride_s: float | None = Query(
+            None, gt=0, description="seconds between window starts; default: half a window"
+        ),
+        top_k: int = Query(5, ge=1, description="labels per window"),
+        spatial_crops: int | None = Query(None, description="1 or 3; default: the model's"),
+    ) -> StreamingResponse:
+        """The labels of a long video over time: sliding windows, each one clip of the model's
+        frames, decoded in one pass front to back and streamed as NDJSON as they are scored,
+        then a summary with the segments where the top label stays the same. The upload (up to
+        max_timeline_upload_bytes; videos up to max_timeline_seconds) is spooled to disk. A
+        client that disconnects stops the work."""
+        authorize(request)
+        svc = service(request)
+        svc.require_timeline()
+        params = TimelineParams(stride_s, top_k, spatial_crops)
+        params.check(svc.settings)
+        s = svc.settings
+        stack = contextlib.AsyncExitStack()
+        try:
+            await stack.enter_async_context(svc.timeline_slot())
+            upload = stack.enter_context(spooled_upload(s.spool_dir))
+            try:
+                limit, rate = s.max_timeline_upload_bytes, s.min_upload_bytes_per_s
+                await read_upload(request, limit, (), rate, s.upload_grace_s, into=upload)
+            except OSError as e:
+                raise problems.cannot_store(f"spooling the upload to disk failed: {e}") from e
+            # Messages name the upload as /classify's do, not by the spool file's path.
+            name = f"<{upload.tell()} bytes>"
+            records = await svc.timeline(upload.name, params, stack, name)
+        except BaseException:
+            await stack.aclose()
+            raise
+        lines = ndjson(records, request.url.path)
+        return ClosingStreamingResponse(lines, stack.aclose, media_type=NDJSON)
+
     return app
+
+
+NDJSON = "application/x-ndjson"
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A streamed answer that calls `on_close` once it is over however it ends: sent, failed,
+    or the client gone (Starlette and Ray cancel the stream then)."""
+
+    def __init__(self, content, on_close: Callable[[], Awaitable[None]], **kwargs):
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.on_close()
+
+
+async def ndjson(records: AsyncIterator, instance: str) -> AsyncIterator[str]:
+    """Records as NDJSON lines; a problem after the first line is the last record."""
+    try:
+        async for record in records:
+            yield record.model_dump_json() + "\n"
+    except Problem as e:
+        yield json.dumps(e.record(instance)) + "\n"
+
+
+@contextlib.contextmanager
+def spooled_upload(folder: str | None) -> Iterator[BinaryIO]:
+    """A temporary file for an upload, removed when done."""
+    try:
+        f = tempfile.NamedTemporaryFile(prefix="zeroi2v-", suffix=".upload", dir=folder)  # noqa: SIM115 (its errors become a 507 here)
+    except OSError as e:
+        raise problems.cannot_store(f"no temporary file for the upload: {e}") from e
+    with f:
+        yield f
 
 
 # What an upload can be refused with (service/problems.py says when).
@@ -234,10 +337,12 @@ async def read_upload(
     fields: tuple[str, ...] = (),
     min_rate: float | None = None,
     grace_s: float = 0.0,
+    into: BinaryIO | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The video bytes of a multipart (`file` field) or raw body, refused past `limit` bytes
     (413) or once it falls behind `min_rate` bytes/s on average after `grace_s` (408), and the
-    multipart text fields named in `fields` that the body carries."""
+    multipart text fields named in `fields` that the body carries. With `into`, the bytes are
+    written to that file as they come instead (and b"" is returned)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise problems.too_large(limit)
@@ -271,6 +376,7 @@ async def read_upload(
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()  # RFC 9110: case-insensitive
     texts: dict[str, str] = {}
+    data = b""
     if media_type == "multipart/form-data":
         try:
             form = await MultiPartParser(request.headers, counted(), max_files=1).parse()
@@ -286,16 +392,28 @@ async def read_upload(
             if value is not None:  # max_files=1: a second file is refused by the parser
                 texts[name] = value
         try:
-            data = await upload.read()
+            if into is None:
+                data = await upload.read()
+            else:  # the parser spooled it (a temporary file past 1 MB): copied, not read in
+                await asyncio.to_thread(shutil.copyfileobj, upload.file, into, 2**20)
         finally:
             await upload.close()
     elif media_type.startswith("video/") or media_type in ("application/octet-stream", ""):
-        data = b"".join([chunk async for chunk in counted()])
+        if into is None:
+            data = b"".join([chunk async for chunk in counted()])
+        else:
+            async for chunk in counted():
+                into.write(chunk)
     else:
         raise problems.unsupported(
             f"content type {content_type!r}: send multipart/form-data with a `file` field, or "
             f"a raw video/* body"
         )
+    if into is not None:
+        into.flush()
+        if into.tell() == 0:
+            raise problems.empty_body()
+        return b"", texts
     if not data:
         raise problems.empty_body()
     return data, texts

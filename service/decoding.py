@@ -82,6 +82,18 @@ def _glibc():
 _LIBC = _glibc()
 
 
+def timeline_limits(settings: ServiceSettings, threads: int = 1) -> DecodeLimits:
+    """A timeline's: the same bounds on a frame, a longer video, and no per-read cost limit (a
+    stream's cost is bounded by its duration; its memory by one window, video.views)."""
+    longest = settings.max_timeline_seconds
+    return replace(
+        decode_limits(settings, threads),
+        max_duration_s=longest,
+        max_frames=int(longest * 60),  # up to 60 fps
+        max_decoded_pixels=None,
+    )
+
+
 class Decoder:
     def __init__(
         self,

@@ -34,6 +34,7 @@ from service.metrics import IngressMetrics, ModelMetrics, keep_fresh
 from service.model_runner import ModelRunner
 from service.settings import BATCH_WAIT_TIMEOUT_S, MAX_BATCH_SIZE, ServiceSettings
 from service.tasks import TASKS, Inference, ServingTask
+from service.timeline import WindowScores, window_outputs
 from service.video_service import VideoService
 from video.views import ViewSpec
 
@@ -119,6 +120,20 @@ class ModelDeployment:
             decoded=decoded.stats(),
         )
 
+    async def windows(self, clips: torch.Tensor, spec: ViewSpec) -> WindowScores:
+        """A timeline's batch of windows (n, T, 3, H, W) uint8: their views join the same
+        batches as other requests' (a round at a time, as theirs do)."""
+        groups = self.task.window_items(self.runner, clips, spec)
+        items = [item for group in groups for item in group]
+        self.waiting += len(items)
+        self.metrics.queue_depth.set(self.waiting)
+        results = await in_rounds(self.infer, items, self.views_per_round)
+        return WindowScores(
+            outputs=window_outputs(self.task, groups, [r[0] for r in results]),
+            inference_ms=max(r[1] for r in results) * 1e3,
+            batch_size=max(r[2] for r in results),
+        )
+
     def ready(self) -> bool:
         return self.runner.warmed_up
 
@@ -188,6 +203,9 @@ class RayBackend:
         method, args = self.task.decode_call(spec, params)
         decoded = self.decoder.decode.remote(data, method, *args)
         return await cancelling(decoded, self.model.predict.remote(decoded, spec, params))
+
+    async def windows(self, clips: torch.Tensor, spec: ViewSpec) -> WindowScores:
+        return await cancelling(self.model.windows.remote(clips, spec))
 
     async def ready(self) -> bool:
         """Warmed up once, and a model and a decode replica running as Serve's controller

@@ -46,12 +46,19 @@ class IngressMetrics:
         )
         self.latency = metrics.Histogram(
             "zeroi2v_latency_seconds",
-            "Request latency by stage (decode, queue, inference, total)",
+            "Request latency by stage (decode, queue, inference, total; a timeline's: "
+            "timeline_window, between records, and timeline, to its summary)",
             boundaries=LATENCY_BUCKETS_S,
             tag_keys=("stage",),
         )
         self.in_flight = metrics.Gauge(
             "zeroi2v_in_flight_requests", "Requests admitted and not yet answered"
+        )
+        self.timelines = metrics.Gauge(
+            "zeroi2v_timelines_in_flight", "Timelines receiving, decoding or streaming"
+        )
+        self.windows = metrics.Counter(
+            "zeroi2v_timeline_windows", "Timeline windows answered (rate: windows per second)"
         )
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
@@ -64,6 +71,12 @@ class IngressMetrics:
 
     def set_in_flight(self, count: int) -> None:
         self.in_flight.set(count)
+
+    def set_timelines(self, count: int) -> None:
+        self.timelines.set(count)
+
+    def count_windows(self, count: int) -> None:
+        self.windows.inc(count)
 
 
 class ModelMetrics:

@@ -22,7 +22,9 @@ class Problem(Exception):
         self.status, self.title, self.detail = status, title, detail
         self.headers = headers or {}
 
-    def response(self, instance: str | None = None) -> JSONResponse:
+    def record(self, instance: str | None = None) -> dict:
+        """The problem details object: a response's body, or a streamed answer's last record
+        when it fails after its first."""
         body = {
             "type": f"https://zeroi2v.dev/problems/{self.title.lower().replace(' ', '-')}",
             "title": self.title,
@@ -31,8 +33,11 @@ class Problem(Exception):
         }
         if instance:
             body["instance"] = instance
-        return JSONResponse(body, status_code=self.status, headers=self.headers,
-                            media_type=MEDIA_TYPE)  # fmt: skip
+        return body
+
+    def response(self, instance: str | None = None) -> JSONResponse:
+        return JSONResponse(self.record(instance), status_code=self.status,
+                            headers=self.headers, media_type=MEDIA_TYPE)  # fmt: skip
 
 
 def empty_body() -> Problem:
@@ -51,6 +56,15 @@ def upload_too_slow(min_rate: int, received: int, seconds: float) -> Problem:
 
 def client_disconnected() -> Problem:
     return Problem(400, "Client disconnected", "the connection closed before the upload ended")
+
+
+def cannot_store(detail: str) -> Problem:
+    return Problem(507, "Cannot store the upload", detail)
+
+
+def internal(detail: str) -> Problem:
+    return Problem(500, "Internal error", f"{detail} (a bug in the service, or one of its "
+                   f"replicas failed)")  # fmt: skip
 
 
 def headers_too_large(size: int, limit: int) -> Problem:

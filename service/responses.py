@@ -128,7 +128,10 @@ class TimelineWindow(Answer):
     start_s: float
     end_s: float = Field(description="the end of the window's last frame")
     labels: list[Label]
+    decode_ms: float = Field(description="decoding since the window before")
     inference_ms: float = Field(description="the model batch this window ran in")
+    batch_size: int = Field(description="items in that batch (windows x crops, and any other "
+                            "requests' views batched with them)")  # fmt: skip
 
 
 class TimelineSegment(Answer):
@@ -143,12 +146,15 @@ class TimelineSummary(Answer):
     """A timeline's last record."""
 
     type: Literal["summary"] = "summary"
+    model: str
     windows: int
     stride_s: float
+    spatial_crops: int
     duration_s: float
     segments: list[TimelineSegment]
     frames_decoded: int
-    inference_ms: float
+    decode_ms: float = Field(description="decoding, all windows")
+    inference_ms: float = Field(description="the model batches the windows ran in, all")
     total_ms: float
 
 
@@ -182,3 +188,29 @@ def problem_responses(*statuses: int) -> dict:
     (given a `model`, FastAPI would list application/json as well)."""
     schema = ProblemDetail.model_json_schema()
     return {s: {"content": {"application/problem+json": {"schema": schema}}} for s in statuses}
+
+
+def inline_schema(model: type[BaseModel]) -> dict:
+    """A model's JSON schema with its nested models written in place of their $refs: a schema
+    that stands anywhere in the OpenAPI document (a $ref to "#/$defs/..." would be resolved
+    against the document's root)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+def stream_response(media_type: str, description: str, *models: type[BaseModel]) -> dict:
+    """The OpenAPI 200 entry of a streamed answer whose records are any of `models`."""
+    records = {"oneOf": [inline_schema(m) for m in models]}
+    return {200: {"description": description, "content": {media_type: {"schema": records}}}}

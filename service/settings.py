@@ -38,9 +38,16 @@ class ServiceSettings(BaseModel):
     # Uploads: the limit is enforced while reading, before the body is buffered.
     max_upload_bytes: int = Field(100 * 2**20, ge=1024)
     max_video_seconds: float = Field(600.0, gt=0)
-    # A timeline (zeroi2v predict --timeline) reads the whole video, front to back, in bounded
-    # memory: longer videos than a single answer may be.
+    # A timeline (POST /timeline, zeroi2v predict --timeline) reads the whole video, front to
+    # back, in bounded memory: longer videos than a single answer may be. Its upload is spooled
+    # to a file in `spool_dir` (None: the system's temporary folder), never held in memory, and
+    # decoded on the ingress's node, one core per timeline. At most `max_timelines` run at once
+    # per ingress replica (then 503), apart from the short endpoints' admission, so long
+    # requests cannot take /classify's slots.
     max_timeline_seconds: float = Field(1800.0, gt=0)
+    max_timeline_upload_bytes: int = Field(4 * 2**30, ge=1024)
+    max_timelines: int = Field(2, ge=1)
+    spool_dir: str | None = None
     max_video_side: int = Field(3840, ge=16)
     # Per-request cost, whatever the file's size (video/decode.py DecodeLimits): frames
     # decoded x their pixels, and how thin a frame may be (resizing it to the short side).

@@ -85,6 +85,10 @@ class ServingTask(Protocol):
     def run(self, runner, items: list) -> list:
         """One model batch: a result per item."""
 
+    def window_items(self, runner, clips: torch.Tensor, spec: ViewSpec) -> list[list]:
+        """Tasks with a timeline: each window's batch items, from the windows' uint8 clips (n,
+        T, 3, H, W) (their results are combined per window, as a request's are)."""
+
     def example_item(self, runner):
         """An item of the model's shape (warm-up)."""
 
@@ -130,6 +134,9 @@ class Classify:
 
     def items(self, runner, decoded: Decoded, spec: ViewSpec, params) -> list:
         return runner.views(decoded.clips, spec)
+
+    def window_items(self, runner, clips: torch.Tensor, spec: ViewSpec) -> list[list]:
+        return [runner.views(clip[None], spec) for clip in clips]
 
     def run(self, runner, items: list) -> list:
         return runner.run(items)

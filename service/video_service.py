@@ -12,24 +12,40 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
+import torch
+
 from model.checkpoint import CheckpointInfo
 from service import problems
-from service.decoding import Decoded
-from service.responses import DecoderCard, ModelCard, Timings
+from service.decoding import Decoded, timeline_limits
+from service.responses import (
+    DecoderCard,
+    ModelCard,
+    TimelineSummary,
+    TimelineWindow,
+    Timings,
+)
 from service.settings import ServiceSettings
 from service.tasks import TASKS, Inference, ServingTask
+from service.timeline import TimelineParams, WindowScores, WindowSource, timeline_records
 from video.decode import DecodeTimeout, OverCostLimit, VideoError, VideoTooLarge
+from video.sampling import ShorterThanAWindow
 from video.views import TimestampError, ViewSpec
+
+log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
     """Decoding and the model, however they are deployed (Ray replicas, or in-process)."""
 
     async def predict(self, data: bytes, spec: ViewSpec, params) -> Inference: ...
+    async def windows(self, clips: torch.Tensor, spec: ViewSpec) -> WindowScores: ...
     async def ready(self) -> bool: ...
     async def model_card(self) -> dict: ...
 
@@ -38,26 +54,35 @@ class Metrics(Protocol):
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None: ...
     def observe_stage(self, stage: str, seconds: float) -> None: ...
     def set_in_flight(self, count: int) -> None: ...
+    def set_timelines(self, count: int) -> None: ...
+    def count_windows(self, count: int) -> None: ...
+
+
+def decode_problem(e: Exception) -> problems.Problem:
+    """A decode error as a 4xx problem, with the decoder's own message (a Ray task error wraps
+    the original exception as `cause`, and is an instance of its class)."""
+    cause = getattr(e, "cause", None)
+    message = str(cause if isinstance(cause, BaseException) else e)
+    if isinstance(e, VideoTooLarge):
+        return problems.Problem(413, "Video too large", message)
+    if isinstance(e, OverCostLimit):
+        return problems.Problem(422, "Request over its cost limit", message)
+    if isinstance(e, DecodeTimeout):
+        return problems.Problem(422, "Video too slow to decode", message)
+    if isinstance(e, TimestampError):
+        return problems.bad_parameters(f"timestamps: {message}")
+    if isinstance(e, ShorterThanAWindow):
+        return problems.Problem(422, "Video shorter than a window", message)
+    return problems.unsupported(message)
 
 
 @contextlib.contextmanager
 def decode_problems():
-    """Decode errors as 4xx problems, with the decoder's own message (a Ray task error wraps
-    the original exception as `cause`, and is an instance of its class)."""
+    """Decode errors (and a video with no timeline window) as 4xx problems."""
     try:
         yield
-    except (VideoError, TimestampError) as e:
-        cause = getattr(e, "cause", None)
-        message = str(cause if isinstance(cause, BaseException) else e)
-        if isinstance(e, VideoTooLarge):
-            raise problems.Problem(413, "Video too large", message) from None
-        if isinstance(e, OverCostLimit):
-            raise problems.Problem(422, "Request over its cost limit", message) from None
-        if isinstance(e, DecodeTimeout):
-            raise problems.Problem(422, "Video too slow to decode", message) from None
-        if isinstance(e, TimestampError):
-            raise problems.bad_parameters(f"timestamps: {message}") from None
-        raise problems.unsupported(message) from None
+    except (VideoError, TimestampError, ShorterThanAWindow) as e:
+        raise decode_problem(e) from None
 
 
 class VideoService:
@@ -67,6 +92,7 @@ class VideoService:
         info: CheckpointInfo,
         backend: Backend,
         metrics: Metrics | None = None,
+        timeline_threads: int = 1,
     ):
         self.settings = settings
         self.info = info
@@ -75,6 +101,12 @@ class VideoService:
         self.spec = ViewSpec.from_preprocess(info.preprocess)
         self.pending = 0
         self.uploads = 0
+        self.timelines = 0
+        # Timelines decode here, on the node that holds their spooled upload: one worker each.
+        self.timeline_pool = ThreadPoolExecutor(settings.max_timelines, "timeline")
+        # FFmpeg threads per timeline: 1 in the service (a core each, beside the decode
+        # replicas), 0 (FFmpeg picks) for a command that decodes one video.
+        self.timeline_threads = timeline_threads
 
     @contextlib.asynccontextmanager
     async def receiving(self):
@@ -100,9 +132,24 @@ class VideoService:
             self.pending -= 1
             self.refresh_gauges()
 
+    @contextlib.asynccontextmanager
+    async def timeline_slot(self):
+        """Room for one more timeline, or 503 with Retry-After past max_timelines. Held from
+        before its upload is read to its last record; apart from the short requests' admission."""
+        if self.timelines >= self.settings.max_timelines:
+            raise problems.overloaded(self.settings.retry_after_s, "too many timelines at once")
+        self.timelines += 1
+        self.refresh_gauges()
+        try:
+            yield
+        finally:
+            self.timelines -= 1
+            self.refresh_gauges()
+
     def refresh_gauges(self) -> None:
         if self.metrics:
             self.metrics.set_in_flight(self.pending)
+            self.metrics.set_timelines(self.timelines)
 
     @property
     def task(self) -> ServingTask:
@@ -116,6 +163,24 @@ class VideoService:
                 "Wrong endpoint for this model",
                 f"the served model is a {self.task.name} model ({self.model_id}); use POST "
                 f"{self.task.endpoint}",
+            )
+        return self.task
+
+    def require_timeline(self) -> ServingTask:
+        """The served task, if a timeline of it makes sense; else 409."""
+        if not self.task.timeline:
+            raise problems.Problem(
+                409,
+                "No timeline for this model",
+                f"the served model is a {self.task.name} model ({self.model_id}); a timeline "
+                f"labels windows of a video with a classifier. Use POST {self.task.endpoint}",
+            )
+        if self.spec.sampling.kind != "dense":
+            raise problems.Problem(
+                409,
+                "No timeline for this model",
+                f"{self.model_id} samples {self.spec.sampling.kind} clips spread over a whole "
+                f"video; a timeline's windows are clips of frames a fixed interval apart",
             )
         return self.task
 
@@ -139,6 +204,73 @@ class VideoService:
             "timings": self.timings(start, round_trip_ms, result.decoded, result.inference_ms),
         }
         return task.answer(result, spec, params, self.info.class_names, common)
+
+    async def timeline(
+        self,
+        source: str | Path,
+        params: TimelineParams,
+        stack: contextlib.AsyncExitStack,
+        name: str | None = None,
+    ) -> AsyncIterator[TimelineWindow | TimelineSummary]:
+        """The timeline of a video file: each window's record as its batch is scored, then the
+        summary. The video is opened, its windows planned and its first batch scored before
+        this returns, so a bad file, a video shorter than a window or one too long is the
+        request's own 4xx problem; an error later is raised from the iteration as a Problem.
+        The decode stops when `stack` closes (the answer sent, or the client gone). `name`:
+        what messages call the video (default: its path)."""
+        self.require_timeline()
+        params.check(self.settings)
+        spec = self.spec.with_views(temporal_clips=1, spatial_crops=params.spatial_crops)
+        per_batch = max(1, self.settings.max_batch_size // spec.spatial_crops)
+        limits = timeline_limits(self.settings, self.timeline_threads)
+        with decode_problems():
+            windows = await WindowSource.open(
+                source, spec, params.stride_s, limits, self.timeline_pool, 2 * per_batch, name
+            )
+        stack.push_async_callback(windows.aclose)
+        started = time.perf_counter()
+
+        async def score(clips: torch.Tensor) -> WindowScores:
+            return await self.backend.windows(clips, spec)
+
+        records = timeline_records(
+            windows, score, self.info.class_names, params.top_k, per_batch, self.model_id,
+            spec.spatial_crops,
+        )  # fmt: skip
+        stack.push_async_callback(records.aclose)
+
+        async def observed() -> AsyncIterator[TimelineWindow | TimelineSummary]:
+            last = time.perf_counter()
+            async for record in records:
+                now = time.perf_counter()
+                if self.metrics and isinstance(record, TimelineWindow):
+                    self.metrics.count_windows(1)
+                    self.metrics.observe_stage("timeline_window", now - last)
+                elif self.metrics:
+                    self.metrics.observe_stage("timeline", now - started)
+                last = now
+                yield record
+
+        stream = observed()
+        stack.push_async_callback(stream.aclose)
+        try:
+            first = await anext(stream)
+        except problems.Problem:
+            raise
+        except Exception as e:
+            raise as_problem(e) from e
+
+        async def answer() -> AsyncIterator[TimelineWindow | TimelineSummary]:
+            yield first
+            try:
+                async for record in stream:
+                    yield record
+            except problems.Problem:
+                raise
+            except Exception as e:
+                raise as_problem(e) from e
+
+        return answer()
 
     def timings(
         self, start: float, round_trip_ms: float, decoded: Decoded, inference_ms: float
@@ -174,6 +306,14 @@ class VideoService:
 
     async def model_card(self) -> ModelCard:
         return ModelCard(id=self.model_id, **(await self.backend.model_card()))
+
+
+def as_problem(e: Exception) -> problems.Problem:
+    """An error met while answering: a decode error's 4xx, or a 500 that says what broke."""
+    if isinstance(e, VideoError | TimestampError | ShorterThanAWindow):
+        return decode_problem(e)
+    log.exception("unexpected error while answering")
+    return problems.internal(f"{type(e).__name__}: {e}")
 
 
 def decoder_card(decoded: Decoded) -> DecoderCard:

@@ -58,3 +58,24 @@ def trained_detector(synth_ava_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("detector") / "run"
     train(load_config(tiny_detect_config(synth_ava_dir, out)))
     return out
+
+
+@pytest.fixture(scope="session")
+def merged_model(trained_run, tmp_path_factory) -> Path:
+    """The tiny trained classifier, merged (what the service serves)."""
+    from training.export import export_merged
+
+    path, _ = export_merged(
+        trained_run / "last.pt", tmp_path_factory.mktemp("m") / "tiny.safetensors"
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def merged_detector(trained_detector, tmp_path_factory) -> Path:
+    from training.export import export_merged
+
+    path, _ = export_merged(
+        trained_detector / "last.pt", tmp_path_factory.mktemp("d") / "detector.safetensors"
+    )
+    return path

@@ -19,16 +19,7 @@ from service.local import LocalBackend
 from service.model_runner import ModelRunner
 from service.settings import ServiceSettings
 from service.video_service import VideoService
-from training.export import export_merged
 from video.packaged import packaged_clip
-
-
-@pytest.fixture(scope="session")
-def merged_model(trained_run, tmp_path_factory) -> Path:
-    path, _ = export_merged(
-        trained_run / "last.pt", tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    )
-    return path
 
 
 class SlowBackend(LocalBackend):
@@ -343,14 +334,6 @@ def test_an_answer_that_strays_from_its_shape_is_refused_where_it_is_made():
 
 
 # ---- /detect ----
-
-
-@pytest.fixture(scope="session")
-def merged_detector(trained_detector, tmp_path_factory) -> Path:
-    path, _ = export_merged(
-        trained_detector / "last.pt", tmp_path_factory.mktemp("d") / "detector.safetensors"
-    )
-    return path
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from training import demo
 
 
 def window(start: float, label: str, score: float) -> TimelineWindow:
-    return TimelineWindow(start_s=start, end_s=start + 1.5, inference_ms=1.0,
-                          labels=[Label(label=label, index=0, score=score)])  # fmt: skip
+    labels = [Label(label=label, index=0, score=score)]
+    return TimelineWindow(start_s=start, end_s=start + 1.5, decode_ms=1.0, inference_ms=1.0,
+                          batch_size=1, labels=labels)  # fmt: skip
 
 
 def test_consecutive_windows_with_one_top_label_are_one_segment():
@@ -55,7 +56,7 @@ def test_records_as_ndjson_and_csv(tmp_path):
         (["--out", "/no/such/folder/t.csv"], "/no/such/folder/t.csv: No such file"),
         (["--plot", "t.txt"], "the chart is a .png"),
         (["--clips", "2"], "--clips has no meaning with --timeline"),
-        (["--crops", "2"], "spatial_crops must be 1 or 3"),
+        (["--crops", "2"], "spatial_crops: 1 (centre) or 3"),
     ],
 )
 def test_bad_timeline_options_are_refused(tmp_path, options, message):

@@ -244,16 +244,16 @@ def test_fast_sampling_decodes_keyframes_only_where_they_are_close(tmp_path):
         decode_clips(path, spec, sampling="quick")
 
 
-def test_stream_windows_are_the_read_clips_with_their_times(tmp_path):
+def test_timeline_windows_are_the_read_clips_with_their_times(tmp_path):
     """Each window equals decode-and-resize of its frames, with its start and end in seconds."""
     from tests.media import write_clip
     from video import VideoReader
-    from video.views import resize_short_side, stream_windows
+    from video.views import resize_short_side, windows_plan
 
     path = write_clip(tmp_path / "w.mp4", 30, fps=10, size=(64, 48), gop=10)
     spec = ViewSpec(sampling=SamplingSpec(num_frames=4, interval=2), image_size=32)
     with VideoReader(path) as reader:
-        windows = list(stream_windows(reader, spec, stride_s=0.5))
+        windows = list(windows_plan(reader, spec, stride_s=0.5).stream(reader))
         full = reader.read(list(range(30)))
     assert [(w.start_s, w.end_s) for w in windows] == [
         (0.0, 0.7), (0.5, 1.2), (1.0, 1.7), (1.5, 2.2), (2.0, 2.7)
@@ -268,11 +268,11 @@ import resource, sys
 from video import VideoReader
 from video.decode import DecodeLimits
 from video.sampling import SamplingSpec
-from video.views import ViewSpec, stream_windows
+from video.views import ViewSpec, windows_plan
 
 spec = ViewSpec(sampling=SamplingSpec(num_frames=8, interval=2), image_size=224)
 with VideoReader(sys.argv[1], DecodeLimits(threads=1)) as reader:
-    windows = stream_windows(reader, spec, stride_s=1.0)
+    windows = windows_plan(reader, spec, stride_s=1.0).stream(reader)
     next(windows)  # the decoder and the first window's frames are up
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     count = 1 + sum(1 for _ in windows)
@@ -281,7 +281,7 @@ print(count, (after - before) / 1024)
 """
 
 
-def test_stream_windows_keep_memory_flat_whatever_the_length(tmp_path):
+def test_timeline_windows_keep_memory_flat_whatever_the_length(tmp_path):
     """A 10-minute video grows the peak RSS no more than a 1-minute one: frames are dropped
     once no window needs them (kept, the 10 minutes' resized frames would be over 600 MB)."""
     import subprocess
@@ -304,27 +304,27 @@ def test_stream_windows_keep_memory_flat_whatever_the_length(tmp_path):
     assert growth[10] < growth[1] + 16, growth  # MB
 
 
-def test_stream_windows_refuse_a_uniform_sampling_model(tmp_path):
+def test_timeline_windows_refuse_a_uniform_sampling_model(tmp_path):
     from tests.media import write_clip
     from video import VideoReader
-    from video.views import stream_windows
+    from video.views import windows_plan
 
     path = write_clip(tmp_path / "u.mp4", 30, fps=10)
     spec = ViewSpec(sampling=SamplingSpec(kind="uniform", num_frames=4))
     with VideoReader(path) as reader, pytest.raises(ValueError, match="uniform clips"):
-        next(stream_windows(reader, spec, 1.0))
+        next(windows_plan(reader, spec, 1.0).stream(reader))
 
 
-def test_stream_windows_follow_the_timestamps_of_a_variable_frame_rate(tmp_path):
+def test_timeline_windows_follow_the_timestamps_of_a_variable_frame_rate(tmp_path):
     """2 s at 10 fps, then 2 s at 20 fps: windows start every second of real time."""
     from tests.media import write_clip
     from video import VideoReader
-    from video.views import stream_windows
+    from video.views import windows_plan
 
     pts_ms = [100 * i for i in range(20)] + [2000 + 50 * i for i in range(40)]
     path = write_clip(tmp_path / "vfr.mp4", len(pts_ms), pts_ms=pts_ms)
     spec = ViewSpec(sampling=SamplingSpec(num_frames=2, interval=1), image_size=32)
     with VideoReader(path) as reader:
-        windows = list(stream_windows(reader, spec, stride_s=1.0))
+        windows = list(windows_plan(reader, spec, stride_s=1.0).stream(reader))
     assert [w.start_s for w in windows] == pytest.approx([0, 1, 2, 3])
     assert [w.end_s for w in windows] == pytest.approx([0.2, 1.2, 2.1, 3.1])

@@ -167,7 +167,13 @@ class VideoReader:
     `frames_decoded` and `seeks` count the work done, for tests and diagnostics.
     """
 
-    def __init__(self, source: Source, limits: DecodeLimits = DecodeLimits(), device: str = "cpu"):
+    def __init__(
+        self,
+        source: Source,
+        limits: DecodeLimits = DecodeLimits(),
+        device: str = "cpu",
+        name: str | None = None,
+    ):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"decode device is 'cpu' or 'cuda', not {device!r}")
         self.limits = limits
@@ -180,6 +186,7 @@ class VideoReader:
         self._transform: FrameTransform | None = None
         self._keep_pts: set[int] | None = None
         self._input, self.name = _input_of(source)
+        self.name = name or self.name  # what messages call the video (a service: not its path)
         try:
             with _translate_errors(self.name, "open", limits.timeout_s):
                 self._start_pos = self._input.tell() if hasattr(self._input, "tell") else 0

@@ -114,20 +114,24 @@ def keyframe_clip(key_frame: int, video_frames: int, num_frames: int, interval: 
     return [min(max(first + j * interval, 0), video_frames - 1) for j in range(num_frames)]
 
 
+class ShorterThanAWindow(ValueError):
+    """A timeline of a video shorter than one of its windows."""
+
+
 def sliding_windows(
     frame_times: Sequence[float], num_frames: int, interval: int, stride_s: float
 ) -> list[list[int]]:
     """A timeline's windows: clips of `num_frames` ordinals `interval` apart, the k-th starting
     at the frame whose time (`frame_times`, seconds, ascending) is nearest k * stride_s, as many
     as fit wholly in the video; two targets nearest one frame give one window. A video shorter
-    than one window is a ValueError that says both lengths."""
+    than one window is ShorterThanAWindow, which says both lengths."""
     video_frames = len(frame_times)
     _check_positive(video_frames=video_frames, num_frames=num_frames, interval=interval)
     if not 0 < stride_s < math.inf:
         raise ValueError(f"stride_s must be > 0 and finite, got {stride_s!r}")
     span = (num_frames - 1) * interval + 1
     if span > video_frames:
-        raise ValueError(
+        raise ShorterThanAWindow(
             f"a window of {num_frames} frames {interval} apart spans {span} frames; the video "
             f"has {video_frames} ({frame_times[-1] - frame_times[0]:.2f} s between its first "
             f"and last frame)"

@@ -248,35 +248,56 @@ class Window:
     clip: torch.Tensor  # (T, 3, H, W) uint8
 
 
-def stream_windows(reader: VideoReader, spec: ViewSpec, stride_s: float) -> Iterator[Window]:
-    """The sliding windows of the video `reader` has open (video.sampling.sliding_windows with
-    the spec's frames and interval), each yielded as soon as its last frame is decoded. One
-    decode front to back; only the frames a window still to come needs are kept, so memory is
-    one window's span of resized frames whatever the video's length."""
+@dataclass(frozen=True)
+class WindowPlan:
+    """A timeline's windows over the video a reader has open (windows_plan), made before any
+    frame is decoded: a video too short for one window fails here, not midway."""
+
+    windows: list[list[int]]  # frame ordinals, window by window
+    stride_s: float
+    frame_times: list[float]  # each frame's start, seconds
+    duration_s: float
+    transform: FrameTransform
+
+    def stream(self, reader: VideoReader) -> Iterator[Window]:
+        """Each window as soon as its last frame is decoded. One decode front to back; only
+        the frames a window still to come needs are kept, so memory is one window's span of
+        resized frames whatever the video's length."""
+        windows, times = self.windows, self.frame_times
+        ordinals = sorted({i for w in windows for i in w})
+        kept: dict[int, torch.Tensor] = {}
+        w = 0
+        for ordinal, frame in reader.stream(ordinals, self.transform):
+            kept[ordinal] = frame
+            while w < len(windows) and windows[w][-1] <= ordinal:
+                frames = windows[w]
+                clip = torch.stack([kept[i] for i in frames])
+                after = frames[-1] + 1  # the window ends where the frame after it starts
+                end = times[after] if after < len(times) else self.duration_s
+                yield Window(times[frames[0]], end, clip)
+                w += 1
+                first_needed = windows[w][0] if w < len(windows) else ordinal + 1
+                for i in [i for i in kept if i < first_needed]:
+                    del kept[i]
+
+
+def windows_plan(reader: VideoReader, spec: ViewSpec, stride_s: float | None = None) -> WindowPlan:
+    """The sliding windows (video.sampling.sliding_windows) of the spec's frames and interval
+    over the video `reader` has open, `stride_s` apart; None: half a window's span at the
+    video's frame rate, so each moment is seen by two windows."""
     info, s = reader.info, spec.sampling
     if s.kind != "dense":
         raise ValueError(
             f"a timeline's windows are clips of frames a fixed interval apart; this model samples "
             f"{s.kind} clips (spread over a whole video), which a window cannot reproduce"
         )
+    if stride_s is None:
+        span = (s.num_frames - 1) * s.interval + 1
+        stride_s = round(span / 2 / (info.fps or 1.0), 3) or 0.001
     times = reader.frame_times()
     windows = sliding_windows(times, s.num_frames, s.interval, stride_s)
-    ordinals = sorted({i for w in windows for i in w})
     transform = functools.partial(resize_short_side, size=spec.image_size)
-    kept: dict[int, torch.Tensor] = {}
-    w = 0
-    for ordinal, frame in reader.stream(ordinals, transform):
-        kept[ordinal] = frame
-        while w < len(windows) and windows[w][-1] <= ordinal:
-            frames = windows[w]
-            clip = torch.stack([kept[i] for i in frames])
-            after = frames[-1] + 1  # the window ends where the frame after it starts
-            end = times[after] if after < len(times) else info.duration_s
-            yield Window(times[frames[0]], end, clip)
-            w += 1
-            first_needed = windows[w][0] if w < len(windows) else ordinal + 1
-            for i in [i for i in kept if i < first_needed]:
-                del kept[i]
+    return WindowPlan(windows, stride_s, times, info.duration_s, transform)
 
 
 def load_views(
