@@ -454,7 +454,8 @@ def ray_service(merged_model):
     http_port, metrics_port = free_port(), free_port()
     start(
         {"model_path": str(merged_model), "max_batch_size": 8, "batch_wait_timeout_s": 0.05,
-         "max_upload_bytes": 2_000_000, "decode_replicas": 2, "max_pending_requests": 16},
+         "max_upload_bytes": 2_000_000, "decode_replicas": 2, "max_pending_requests": 16,
+         "max_timelines": 1},
         host="127.0.0.1", port=http_port, metrics_port=metrics_port,
     )  # fmt: skip
     yield f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics"
@@ -611,6 +612,44 @@ def test_ray_full_queue_answers_503_end_to_end(ray_service):
     assert rejected.headers["content-type"] == "application/problem+json"
 
 
+@pytest.fixture(scope="module")
+def five_minutes(tmp_path_factory) -> Path:
+    from tests.media import ordinal_image, write_clip
+
+    images = [ordinal_image(i % 1024, 64, 48) for i in range(3000)]
+    path = tmp_path_factory.mktemp("long") / "five_minutes.mp4"
+    return write_clip(path, 3000, fps=10, gop=50, images=images)
+
+
+def test_ray_timeline_streams_and_a_client_that_leaves_frees_its_slot(ray_service, five_minutes):
+    """Through Ray's proxy: the windows stream as NDJSON (scored by the model replica's
+    batcher), then the summary; with the one timeline slot taken a second is 503; a client that
+    hangs up after one line frees the slot within seconds (the whole video takes far longer)."""
+    base, _ = ray_service
+    data = five_minutes.read_bytes()
+    r = httpx.post(f"{base}/timeline?stride_s=30&top_k=2", content=data,
+                   headers={"content-type": "video/mp4"}, timeout=120)  # fmt: skip
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
+    records = [json.loads(line) for line in r.text.splitlines()]
+    assert [w["start_s"] for w in records[:-1]] == [30.0 * k for k in range(10)]
+    assert records[-1]["type"] == "summary" and records[-1]["windows"] == 10
+    # Decoding ends soon after the last window's last frame (270.6 s, frame 2706).
+    assert 2707 < records[-1]["frames_decoded"] < 2750
+
+    url = f"{base}/timeline?stride_s=0.1"
+    with httpx.stream("POST", url, content=data, timeout=120) as streamed:
+        lines = streamed.iter_lines()  # kept: a dropped iterator closes the connection
+        assert json.loads(next(lines))["type"] == "window"
+        busy = httpx.post(url, content=b"x" * 2000, timeout=30)
+        assert busy.status_code == 503 and "too many timelines" in busy.json()["detail"]
+    hung_up, status = time.monotonic(), 503
+    while status == 503 and time.monotonic() - hung_up < 5:
+        time.sleep(0.2)
+        # A body that is not a video: answered 415 once the slot is free, without decoding.
+        status = httpx.post(url, content=b"x" * 2000, timeout=30).status_code
+    assert status == 415, "the timeline's slot was still taken 5 s after its client left"
+
+
 RAY_SERVE_PANELS = (
     "QPS per application",
     "P90 latency per application",
@@ -666,6 +705,7 @@ def test_ray_dashboard_queries_return_data_from_a_real_prometheus(ray_service, t
         while empty and time.time() < deadline:
             httpx.post(f"{base}/classify", files={"file": ("bikes.mp4", body)}, timeout=60)
             httpx.post(f"{base}/classify", content=b"not a video", timeout=30)  # a 4xx
+            httpx.post(f"{base}/timeline", content=body, timeout=60)
             time.sleep(2)
             for expr in list(empty):
                 try:
