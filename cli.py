@@ -270,9 +270,10 @@ def predict(
         _fail("--stride, --out and --plot go with --timeline")
     # The service's pipeline with the limits of a local file (the library's decode defaults),
     # decoded on the CPU with the threads FFmpeg picks.
-    settings = ServiceSettings.from_env(
+    settings = ServiceSettings(
         model_path=str(model), base=base, max_top_k=top_k, max_views=10**6, max_keyframes=10**6,
         max_decode_megapixels=10**9, decode_timeout_s=DecodeLimits.timeout_s, decode_device="cpu",
+        max_timeline_seconds=_timeline_seconds(model) if timeline else 1800.0,
     )  # fmt: skip
     backend = LocalBackend(runner, settings, decode_threads=DecodeLimits.threads)
     service = VideoService(settings, runner.info, backend, timeline_threads=DecodeLimits.threads)
@@ -292,6 +293,16 @@ def predict(
         typer.echo(line)
 
 
+def _timeline_seconds(model: Path) -> float:
+    """The service's timeline duration limit (ZEROI2V_MAX_TIMELINE_SECONDS, 30 minutes)."""
+    from service.settings import ServiceSettings
+
+    try:
+        return ServiceSettings.from_env(model_path=str(model)).max_timeline_seconds
+    except ValueError as e:
+        _fail(str(e))
+
+
 async def _timeline(service, video: Path, top_k: int, crops, stride, out, plot) -> None:
     import contextlib
 
@@ -299,6 +310,8 @@ async def _timeline(service, video: Path, top_k: int, crops, stride, out, plot) 
     from service.responses import TimelineWindow
     from service.timeline import RecordWriter, TimelineParams, plot_timeline
 
+    if not service.task.timeline:
+        _fail(f"a {service.task.name} model has no timeline: a timeline classifies windows")
     if stride is not None and not 0 < stride < float("inf"):
         _fail(f"--stride must be a number of seconds > 0, not {stride}")
     if plot is not None and plot.suffix.lower() != ".png":

@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import hmac
 import json
-import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import BinaryIO, Literal
 
+import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -212,7 +212,7 @@ def create_app() -> FastAPI:
                 TimelineSummary,
                 ProblemDetail,
             ),  # fmt: skip
-            **problem_responses(400, 401, 408, 409, 413, 415, 422, 431, 503, 507),
+            **problem_responses(400, 401, 408, 409, 413, 415, 422, 431, 500, 503, 507),
         },
     )
     async def timeline(
@@ -239,7 +239,7 @@ def create_app() -> FastAPI:
             await stack.enter_async_context(svc.timeline_slot())
             upload = stack.enter_context(spooled_upload(s.spool_dir))
             try:
-                limit, rate = s.max_timeline_upload_bytes, s.min_upload_bytes_per_s
+                limit, rate = s.max_timeline_upload_bytes, s.min_timeline_upload_bytes_per_s
                 await read_upload(request, limit, (), rate, s.upload_grace_s, into=upload)
             except OSError as e:
                 raise problems.cannot_store(f"spooling the upload to disk failed: {e}") from e
@@ -247,7 +247,7 @@ def create_app() -> FastAPI:
             name = f"<{upload.tell()} bytes>"
             records = await svc.timeline(upload.name, params, stack, name)
         except BaseException:
-            await stack.aclose()
+            await closing(stack.aclose)
             raise
         lines = ndjson(records, request.url.path)
         return ClosingStreamingResponse(lines, stack.aclose, media_type=NDJSON)
@@ -270,7 +270,15 @@ class ClosingStreamingResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.on_close()
+            await closing(self.on_close)
+
+
+async def closing(close: Callable[[], Awaitable[None]]) -> None:
+    """`close()` to its end even in a cancelled task: Starlette's middleware cancels through an
+    anyio scope that cancels every await again, which would free a timeline's slot and file
+    while its decode worker still runs."""
+    with anyio.CancelScope(shield=True):
+        await close()
 
 
 async def ndjson(records: AsyncIterator, instance: str) -> AsyncIterator[str]:
@@ -280,6 +288,23 @@ async def ndjson(records: AsyncIterator, instance: str) -> AsyncIterator[str]:
             yield record.model_dump_json() + "\n"
     except Problem as e:
         yield json.dumps(e.record(instance)) + "\n"
+
+
+class SpoolingParser(MultiPartParser):
+    """Starlette's multipart parser with the `file` part written straight into `into` (in a
+    thread, as Starlette writes its own temporary files) instead of a temporary file of its
+    own in the system's folder: one copy on disk, where spool_dir says."""
+
+    def __init__(self, headers, stream, into: BinaryIO):
+        super().__init__(headers, stream, max_files=1)
+        self.into = into
+
+    def on_headers_finished(self) -> None:
+        super().on_headers_finished()
+        upload = self._current_part.file
+        if upload is not None and self._current_part.field_name == "file":
+            upload.file.close()  # Starlette's, still empty
+            upload.file = self.into  # not closed through the upload: the caller owns it
 
 
 @contextlib.contextmanager
@@ -378,8 +403,13 @@ async def read_upload(
     texts: dict[str, str] = {}
     data = b""
     if media_type == "multipart/form-data":
+        parser = (
+            MultiPartParser(request.headers, counted(), max_files=1)
+            if into is None
+            else SpoolingParser(request.headers, counted(), into)
+        )
         try:
-            form = await MultiPartParser(request.headers, counted(), max_files=1).parse()
+            form = await parser.parse()
         except MultiPartException as e:
             raise problems.bad_parameters(f"malformed multipart body: {e.message}") from e
         upload = form.get("file")
@@ -391,27 +421,25 @@ async def read_upload(
             value = form.get(name)
             if value is not None:  # max_files=1: a second file is refused by the parser
                 texts[name] = value
-        try:
-            if into is None:
+        if into is None:
+            try:
                 data = await upload.read()
-            else:  # the parser spooled it (a temporary file past 1 MB): copied, not read in
-                await asyncio.to_thread(shutil.copyfileobj, upload.file, into, 2**20)
-        finally:
-            await upload.close()
+            finally:
+                await upload.close()
     elif media_type.startswith("video/") or media_type in ("application/octet-stream", ""):
         if into is None:
             data = b"".join([chunk async for chunk in counted()])
-        else:
+        else:  # written in a thread: a disk that stalls must not stall the event loop
             async for chunk in counted():
-                into.write(chunk)
+                await asyncio.to_thread(into.write, chunk)
     else:
         raise problems.unsupported(
             f"content type {content_type!r}: send multipart/form-data with a `file` field, or "
             f"a raw video/* body"
         )
     if into is not None:
-        into.flush()
-        if into.tell() == 0:
+        await asyncio.to_thread(into.flush)
+        if into.seek(0, 2) == 0:  # (the multipart parser rewinds its files)
             raise problems.empty_body()
         return b"", texts
     if not data:

@@ -89,5 +89,5 @@ class ModelMetrics:
             "zeroi2v_batch_size", "Views per model batch", boundaries=BATCH_BUCKETS
         )
         self.queue_depth = metrics.Gauge(
-            "zeroi2v_queue_depth", "Views submitted to the model and not yet in a batch"
+            "zeroi2v_queue_depth", "Views at the model: waiting for a batch or in one"
         )

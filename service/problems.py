@@ -62,9 +62,9 @@ def cannot_store(detail: str) -> Problem:
     return Problem(507, "Cannot store the upload", detail)
 
 
-def internal(detail: str) -> Problem:
-    return Problem(500, "Internal error", f"{detail} (a bug in the service, or one of its "
-                   f"replicas failed)")  # fmt: skip
+def internal(kind: str) -> Problem:
+    return Problem(500, "Internal error", f"{kind} (a bug in the service, or one of its "
+                   f"replicas failed; the service's log has the details)")  # fmt: skip
 
 
 def headers_too_large(size: int, limit: int) -> Problem:

@@ -48,6 +48,12 @@ class ServiceSettings(BaseModel):
     max_timeline_upload_bytes: int = Field(4 * 2**30, ge=1024)
     max_timelines: int = Field(2, ge=1)
     spool_dir: str | None = None
+    # A timeline's upload may be gigabytes: a slot is held while it arrives, so the floor is
+    # higher than the short endpoints' (1 MiB/s: 4 GiB in about an hour).
+    min_timeline_upload_bytes_per_s: int = Field(2**20, ge=1)
+    # CPUs Ray reserves for each ingress replica. Timelines decode there, one core each: on a
+    # cluster, give it max_timelines. 0 locally, where the cores are shared anyway.
+    ingress_cpus: float = Field(0.0, ge=0)
     max_video_side: int = Field(3840, ge=16)
     # Per-request cost, whatever the file's size (video/decode.py DecodeLimits): frames
     # decoded x their pixels, and how thin a frame may be (resizing it to the short side).

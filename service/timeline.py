@@ -38,10 +38,16 @@ class TimelineParams:
     top_k: int = 5
     spatial_crops: int | None = None  # None: the model's
 
+    # Below a frame at 100 fps a stride only repeats windows; and it bounds a request's windows
+    # (30 minutes: 180,000).
+    MIN_STRIDE_S = 0.01
+
     def check(self, settings: ServiceSettings) -> None:
         """Refuse bad parameters (a 422 problem) before any upload is read."""
-        if self.stride_s is not None and not 0 < self.stride_s < math.inf:
-            raise problems.bad_parameters(f"stride_s: {self.stride_s} is not seconds > 0")
+        if self.stride_s is not None and not self.MIN_STRIDE_S <= self.stride_s < math.inf:
+            raise problems.bad_parameters(
+                f"stride_s: {self.stride_s} is not seconds >= {self.MIN_STRIDE_S}"
+            )
         if self.top_k < 1 or self.top_k > settings.max_top_k:
             raise problems.bad_parameters(f"top_k: from 1 to {settings.max_top_k}")
         if self.spatial_crops not in (None, 1, 3):
@@ -110,7 +116,7 @@ class WindowSource:
     def _produce(self) -> None:
         try:
             started = time.perf_counter()
-            for window in self.plan.stream(self.reader):
+            for window in self.plan.stream(self.reader, self._stopping.is_set):
                 if not self._put((window, time.perf_counter() - started)):
                     return
                 started = time.perf_counter()
@@ -149,7 +155,8 @@ class WindowSource:
         return batch
 
     async def aclose(self) -> None:
-        """Stop decoding and wait until the worker has let go of the video."""
+        """Stop decoding (at the next decoded frame) and wait until the worker has let go
+        of the video."""
         self._stopping.set()
         await self._done
 

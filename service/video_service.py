@@ -223,10 +223,12 @@ class VideoService:
         spec = self.spec.with_views(temporal_clips=1, spatial_crops=params.spatial_crops)
         per_batch = max(1, self.settings.max_batch_size // spec.spatial_crops)
         limits = timeline_limits(self.settings, self.timeline_threads)
-        with decode_problems():
+        try:
             windows = await WindowSource.open(
-                source, spec, params.stride_s, limits, self.timeline_pool, 2 * per_batch, name
+                source, spec, params.stride_s, limits, self.timeline_pool, per_batch, name
             )
+        except Exception as e:
+            raise as_problem(e) from e
         stack.push_async_callback(windows.aclose)
         started = time.perf_counter()
 
@@ -312,8 +314,8 @@ def as_problem(e: Exception) -> problems.Problem:
     """An error met while answering: a decode error's 4xx, or a 500 that says what broke."""
     if isinstance(e, VideoError | TimestampError | ShorterThanAWindow):
         return decode_problem(e)
-    log.exception("unexpected error while answering")
-    return problems.internal(f"{type(e).__name__}: {e}")
+    log.error("unexpected error while answering", exc_info=e)
+    return problems.internal(type(e).__name__)
 
 
 def decoder_card(decoded: Decoded) -> DecoderCard:

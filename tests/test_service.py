@@ -770,10 +770,12 @@ def test_placement_comes_from_the_settings_not_the_node_building_the_app(monkeyp
     options = d["Decoder"].ray_actor_options
     assert (options["num_cpus"], options["num_gpus"]) == (2, 0.25)
     assert d["Ingress"].ray_actor_options["num_cpus"] == 0
-    # Ray counts a request from its arrival, body still coming: room for every upload and
-    # every admitted request, so the app's 503s are what clients see, then Ray's own.
+    # Ray counts a request from its arrival, body still coming: room for every upload, every
+    # admitted request and every timeline, so the app's 503s are what clients see, then Ray's.
     ingress = d["Ingress"]._deployment_config
-    assert ingress.max_ongoing_requests == 64 + 16 + 16 and ingress.max_queued_requests == 16
+    assert ingress.max_ongoing_requests == 64 + 16 + 2 + 16 and ingress.max_queued_requests == 16
+    cluster = deployments(build_app({"model_path": "/m", "ingress_cpus": 2, "max_timelines": 2}))
+    assert cluster["Ingress"].ray_actor_options["num_cpus"] == 2
     with pytest.raises(ValueError, match="decode_max_replicas"):
         build_app({"model_path": "/m.safetensors", "decode_replicas": 4, "decode_max_replicas": 2})
     # Locally (`zeroi2v serve`): a decode replica per core, the model where this machine
@@ -847,3 +849,29 @@ def test_a_requests_views_reach_the_batcher_a_round_at_a_time():
 
     assert asyncio.run(in_rounds(batched, list(range(7)), 2)) == [0, 10, 20, 30, 40, 50, 60]
     assert most == 2
+
+
+def test_a_timelines_rounds_wait_while_a_short_request_is_at_the_model():
+    from service.deployments import ShortFirst, in_rounds
+
+    priority, rounds = ShortFirst(max_wait_s=0.3), []
+
+    async def batched(item):
+        rounds.append((item, time.monotonic()))
+        return item
+
+    async def scenario():
+        started = time.monotonic()
+        with priority.short_request():
+            # the timeline's first round waits for the short request, then at most 0.3 s
+            waited = asyncio.create_task(in_rounds(batched, [1, 2], 1, priority.long_turn))
+            await asyncio.sleep(0.1)
+            assert rounds == []
+        await waited  # the short request left: the rounds go on at once
+        assert rounds[0][1] - started == pytest.approx(0.1, abs=0.05)
+        rounds.clear()
+        with priority.short_request():
+            await in_rounds(batched, [3], 1, priority.long_turn)  # it never leaves: 0.3 s
+        assert rounds[0][1] - started == pytest.approx(0.4, abs=0.08)
+
+    asyncio.run(scenario())

@@ -1,6 +1,7 @@
 """POST /timeline over the in-process backend: streamed records, limits and errors, and a client
 that goes away. (tests/test_service.py runs it under Ray.)"""
 
+import contextlib
 import json
 import threading
 import time
@@ -75,6 +76,7 @@ def test_a_timeline_streams_its_windows_then_a_summary(merged_model, six_seconds
     multipart = records_of(client.post("/timeline?top_k=2", files=files))
     planned = sliding_windows([i / 10 for i in range(60)], 4, 2, 0.35)
     assert multipart[-1]["stride_s"] == 0.35 and multipart[-1]["windows"] == len(planned)
+    assert list(spool.iterdir()) == []
     result = CliRunner().invoke(
         cli_app, ["predict", str(six_seconds), "-m", str(merged_model), "--timeline", "--top-k",
                   "2", "--precision", "fp32"]
@@ -89,7 +91,8 @@ def test_a_timeline_streams_its_windows_then_a_summary(merged_model, six_seconds
     ("query", "settings", "frames", "status", "detail"),
     [
         ("stride_s=0", {}, 60, 422, "stride_s: Input should be greater than 0"),
-        ("stride_s=inf", {}, 60, 422, "stride_s: inf is not seconds > 0"),
+        ("stride_s=inf", {}, 60, 422, "stride_s: inf is not seconds >= 0.01"),
+        ("stride_s=1e-300", {}, 60, 422, "stride_s: 1e-300 is not seconds >= 0.01"),
         ("top_k=101", {}, 60, 422, "top_k: from 1 to 100"),
         ("spatial_crops=2", {}, 60, 422, "spatial_crops: 1 (centre) or 3"),
         ("", {}, 5, 422, "a window of 4 frames 2 apart spans 7 frames; the video has 5"),
@@ -194,3 +197,100 @@ def _busy(thread: threading.Thread) -> bool:
 
     frame = sys._current_frames().get(thread.ident)
     return frame is not None and any("_produce" in line for line in traceback.format_stack(frame))
+
+
+PIPELINE_MEMORY = """
+import asyncio, contextlib, resource, sys
+from model import read_info
+from service.local import LocalBackend
+from service.model_runner import ModelRunner
+from service.settings import ServiceSettings
+from service.timeline import TimelineParams
+from service.video_service import VideoService
+
+model, video = sys.argv[1], sys.argv[2]
+s = ServiceSettings(model_path=model)
+runner = ModelRunner(model, max_batch_size=4)
+runner.warm_up()
+service = VideoService(s, read_info(model), LocalBackend(runner, s))
+
+async def main():
+    async with contextlib.AsyncExitStack() as stack:
+        records = await service.timeline(video, TimelineParams(stride_s=1.0), stack)
+        first = await anext(records)  # the decoder, the model and the first batch are up
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        count = 1 + sum([1 async for _ in records])
+    return count, before
+
+count, before = asyncio.run(main())
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(count, (after - before) / 1024)
+"""
+
+
+def test_a_ten_minute_timeline_keeps_memory_flat(merged_model, tmp_path):
+    """The whole pipeline (spooled file, decode worker, queue, model, records, segments) over a
+    10-minute video grows the peak RSS no more than over a 1-minute one."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    growth = {}
+    for minutes in (1, 10):
+        frames = minutes * 60 * 8
+        images = [np.full((48, 64, 3), i % 251, np.uint8) for i in range(frames)]
+        path = write_clip(tmp_path / f"{minutes}min.mp4", frames, fps=8, size=(64, 48),
+                          gop=64, images=images)  # fmt: skip
+        out = subprocess.run([sys.executable, "-c", PIPELINE_MEMORY, str(merged_model),
+                              str(path)], check=True, capture_output=True, text=True)  # fmt: skip
+        windows, growth[minutes] = out.stdout.split()
+        planned = sliding_windows([i / 8 for i in range(frames)], 4, 2, 1.0)
+        assert int(windows) == len(planned) + 1  # and the summary
+        growth[minutes] = float(growth[minutes])
+    assert growth[10] < growth[1] + 16, growth  # MB
+
+
+def test_a_cancelled_timeline_lets_go_of_its_slot_only_once_its_decoder_has_stopped(
+    merged_model, tmp_path
+):
+    """Ray cancels a request's task when its client leaves; Starlette's middleware turns that
+    into an anyio cancellation that hits every await again. The slot and the spooled file are
+    released after the decode worker has stopped, not while it still runs."""
+    import asyncio
+
+    images = [ordinal_image(i % 1024, 64, 48) for i in range(3000)]
+    body = write_clip(tmp_path / "long.mp4", 3000, fps=10, gop=50, images=images).read_bytes()
+    service = timeline_service(merged_model, max_timelines=1, spool_dir=str(tmp_path))
+    app = create_app()
+    app.state.service = service
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+        "method": "POST", "scheme": "http", "path": "/timeline", "raw_path": b"/timeline",
+        "query_string": b"stride_s=0.1", "root_path": "",
+        "headers": [(b"content-type", b"video/mp4")], "client": ("t", 1), "server": ("t", 80),
+    }  # fmt: skip
+
+    async def scenario():
+        chunks = [body[i : i + 2**16] for i in range(0, len(body), 2**16)]
+        first_line = asyncio.Event()
+
+        async def receive():
+            if chunks:
+                return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
+            await asyncio.Event().wait()  # the client stays; Ray cancels the task instead
+
+        async def send(message):
+            if message["type"] == "http.response.body" and message.get("body"):
+                first_line.set()
+
+        task = asyncio.create_task(app(scope, receive, send))
+        await first_line.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        decoding = [t for t in threading.enumerate() if t.name.startswith("timeline")
+                    and t.is_alive() and _busy(t)]  # fmt: skip
+        return service.timelines, decoding, sorted(p.name for p in tmp_path.glob("zeroi2v-*"))
+
+    assert asyncio.run(scenario()) == (0, [], [])

@@ -605,3 +605,15 @@ def test_a_stream_refuses_unsorted_ordinals_and_a_frame_that_does_not_decode(med
     data = zero_packet(path, 5)
     with VideoReader(data) as reader:
         assert [i for i, _ in reader.stream([1, 20, 25])] == [1, 20, 25]
+
+
+def test_a_stream_stops_when_asked_between_frames(media):
+    """A stop request ends the stream at the next decoded frame, even between wanted frames
+    far apart (a timeline with a long stride whose client left), without an error."""
+    path = write_clip(media / "stop.mp4", 60, gop=60)
+    with VideoReader(path) as reader:
+        decoded_at_start = reader.frames_decoded
+        stop = lambda: reader.frames_decoded - decoded_at_start >= 5  # noqa: E731
+        # frame 0 is still held back (STREAM_LOOKAHEAD) when the stop comes
+        assert list(reader.stream([0, 59], stop=stop)) == []
+        assert reader.frames_decoded - decoded_at_start == 5

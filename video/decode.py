@@ -239,13 +239,17 @@ class VideoReader:
         return torch.stack([frames[i] for i in wanted]).permute(0, 3, 1, 2)
 
     def stream(
-        self, ordinals: Sequence[int], transform: FrameTransform | None = None
+        self,
+        ordinals: Sequence[int],
+        transform: FrameTransform | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """(ordinal, frame) for the sorted unique `ordinals`, in that order, from one decode of
         the video front to back: no seeking back and no frame kept here, so a long video costs
         the memory of one frame at a time. Frames are (3, H, W) uint8 (after `transform`, as
         in `read`). `timeout_s` bounds each wait for the next frame, not the whole stream; the
-        per-read cost limit does not apply (the duration limit bounds a stream)."""
+        per-read cost limit does not apply (the duration limit bounds a stream). `stop`, asked
+        after every decoded frame, ends the stream early when it says so (a client gone)."""
         if self._container is None:
             raise ValueError(f"{self.name}: the reader is closed")
         wanted = [_ordinal(i, self.info.num_frames, self.name) for i in ordinals]
@@ -267,7 +271,8 @@ class VideoReader:
             try:
                 with _translate_errors(self.name, "read", self.limits.timeout_s):
                     try:
-                        for ordinal, pixels in self._stream_pass([i for i in wanted if i >= want]):
+                        remaining = [i for i in wanted if i >= want]
+                        for ordinal, pixels in self._stream_pass(remaining, stop):
                             yield ordinal, pixels
                             self._deadline = time.monotonic() + self.limits.timeout_s
                             want = next(pending, None)
@@ -277,6 +282,8 @@ class VideoReader:
                         out_of_order = True
             finally:
                 self._keep_pts = None
+            if stop is not None and stop():
+                return
             if out_of_order:
                 self._sequential, skip = True, False
             elif skip:
@@ -293,9 +300,12 @@ class VideoReader:
     # and a frame given out cannot be taken back.
     STREAM_LOOKAHEAD = 8
 
-    def _stream_pass(self, remaining: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
+    def _stream_pass(
+        self, remaining: list[int], stop: Callable[[], bool] | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         """One decode from the start: (ordinal, frame) for each of the sorted `remaining`,
-        ending early when one of them did not come out (skipped, lost, or damaged)."""
+        ending early when one of them did not come out (skipped, lost, or damaged), or when
+        `stop()` says so."""
         self._deadline = time.monotonic() + self.limits.timeout_s
         targets = iter(remaining)
         want = next(targets)
@@ -303,6 +313,8 @@ class VideoReader:
         held: collections.deque = collections.deque()  # (decoded count, ordinal, frame)
         lookahead = 0 if self._sequential else self.STREAM_LOOKAHEAD
         for count, (frame, trusted) in enumerate(self._decode_from(None)):
+            if stop is not None and stop():
+                return
             if self._sequential:
                 ordinal = count
                 # A packet that failed to decode left no frame: the count is off after it.

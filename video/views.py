@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -259,15 +259,17 @@ class WindowPlan:
     duration_s: float
     transform: FrameTransform
 
-    def stream(self, reader: VideoReader) -> Iterator[Window]:
+    def stream(
+        self, reader: VideoReader, stop: Callable[[], bool] | None = None
+    ) -> Iterator[Window]:
         """Each window as soon as its last frame is decoded. One decode front to back; only
         the frames a window still to come needs are kept, so memory is one window's span of
-        resized frames whatever the video's length."""
+        resized frames whatever the video's length. `stop`: as VideoReader.stream's."""
         windows, times = self.windows, self.frame_times
         ordinals = sorted({i for w in windows for i in w})
         kept: dict[int, torch.Tensor] = {}
         w = 0
-        for ordinal, frame in reader.stream(ordinals, self.transform):
+        for ordinal, frame in reader.stream(ordinals, self.transform, stop):
             kept[ordinal] = frame
             while w < len(windows) and windows[w][-1] <= ordinal:
                 frames = windows[w]
