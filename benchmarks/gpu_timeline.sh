@@ -6,7 +6,8 @@
 #   ../shared/tools/device-wheels.sh         # .whl/: open_clip, pydantic, PyAV
 #
 # then run `bash benchmarks/gpu_timeline.sh` there with carry [".whl"].
-# EXTRA="--device cpu --minutes 0.2 --reps 1" is the CPU dry run.
+# EXTRA="--device cpu --minutes 0.5 --reps 1" is the CPU dry run (the window spans 14 s of
+# this 8 fps video: 8 frames 16 apart, the K400 layout).
 set -uo pipefail
 source benchmarks/device_env.sh
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
