@@ -15,7 +15,7 @@ import hmac
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import BinaryIO, Literal
 
 import anyio
@@ -237,12 +237,12 @@ def create_app() -> FastAPI:
         stack = contextlib.AsyncExitStack()
         try:
             await stack.enter_async_context(svc.timeline_slot())
-            upload = stack.enter_context(spooled_upload(s.spool_dir))
+            upload = await stack.enter_async_context(spooled_upload(s.spool_dir))
             try:
                 limit, rate = s.max_timeline_upload_bytes, s.min_timeline_upload_bytes_per_s
                 await read_upload(request, limit, (), rate, s.upload_grace_s, into=upload)
             except OSError as e:
-                raise problems.cannot_store(f"spooling the upload to disk failed: {e}") from e
+                raise problems.cannot_store(f"spooling the upload failed: {e.strerror}") from e
             # Messages name the upload as /classify's do, not by the spool file's path.
             name = f"<{upload.tell()} bytes>"
             records = await svc.timeline(upload.name, params, stack, name)
@@ -296,26 +296,36 @@ class SpoolingParser(MultiPartParser):
     own in the system's folder: one copy on disk, where spool_dir says."""
 
     def __init__(self, headers, stream, into: BinaryIO):
-        super().__init__(headers, stream, max_files=1)
+        # A timeline reads no text fields: a few small ones at most, not Starlette's 1000 of
+        # 1 MiB each, held in memory.
+        super().__init__(headers, stream, max_files=1, max_fields=8, max_part_size=64 * 1024)
         self.into = into
 
     def on_headers_finished(self) -> None:
         super().on_headers_finished()
         upload = self._current_part.file
-        if upload is not None and self._current_part.field_name == "file":
-            upload.file.close()  # Starlette's, still empty
-            upload.file = self.into  # not closed through the upload: the caller owns it
+        if upload is None:
+            return
+        upload.file.close()  # Starlette's, still empty
+        if self._current_part.field_name != "file":  # refused before its bytes are stored
+            raise MultiPartException(
+                f"the file part is named {self._current_part.field_name!r}; send it as `file`"
+            )
+        upload.file = self.into  # not closed through the upload: the caller owns it
 
 
-@contextlib.contextmanager
-def spooled_upload(folder: str | None) -> Iterator[BinaryIO]:
-    """A temporary file for an upload, removed when done."""
+@contextlib.asynccontextmanager
+async def spooled_upload(folder: str | None) -> AsyncIterator[BinaryIO]:
+    """A temporary file for an upload, closed and removed in a thread when done (a stalled
+    disk must not stall the event loop)."""
     try:
         f = tempfile.NamedTemporaryFile(prefix="zeroi2v-", suffix=".upload", dir=folder)  # noqa: SIM115 (its errors become a 507 here)
-    except OSError as e:
-        raise problems.cannot_store(f"no temporary file for the upload: {e}") from e
-    with f:
+    except OSError as e:  # the message, not the server's paths
+        raise problems.cannot_store(f"no temporary file for the upload: {e.strerror}") from e
+    try:
         yield f
+    finally:
+        await anyio.to_thread.run_sync(f.close)
 
 
 # What an upload can be refused with (service/problems.py says when).
@@ -429,16 +439,17 @@ async def read_upload(
     elif media_type.startswith("video/") or media_type in ("application/octet-stream", ""):
         if into is None:
             data = b"".join([chunk async for chunk in counted()])
-        else:  # written in a thread: a disk that stalls must not stall the event loop
+        else:  # written in a thread: a disk that stalls must not stall the event loop (and
+            # anyio's thread is waited for on cancellation, so the file is not closed under it)
             async for chunk in counted():
-                await asyncio.to_thread(into.write, chunk)
+                await anyio.to_thread.run_sync(into.write, chunk)
     else:
         raise problems.unsupported(
             f"content type {content_type!r}: send multipart/form-data with a `file` field, or "
             f"a raw video/* body"
         )
     if into is not None:
-        await asyncio.to_thread(into.flush)
+        await anyio.to_thread.run_sync(into.flush)
         if into.seek(0, 2) == 0:  # (the multipart parser rewinds its files)
             raise problems.empty_body()
         return b"", texts

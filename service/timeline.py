@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import csv
 import math
 import threading
@@ -22,6 +23,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import torch
 
 from service import problems
@@ -110,7 +112,17 @@ class WindowSource:
                 reader.close()
                 raise
 
-        reader, plan = await asyncio.get_running_loop().run_in_executor(pool, open_and_plan)
+        opening = pool.submit(open_and_plan)
+        try:
+            reader, plan = await asyncio.wrap_future(opening)
+        except asyncio.CancelledError:
+            # The open goes on in its thread (up to the decode timeout): wait for it, so that
+            # the request's slot and file are let go of after it, and close what it opened.
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    reader, _ = await asyncio.wrap_future(opening)
+                    reader.close()
+            raise
         return cls(reader, plan, pool, ahead)
 
     def _produce(self) -> None:

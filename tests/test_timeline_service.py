@@ -117,8 +117,17 @@ def test_bad_timeline_requests_are_problems(
     assert detail in r.json()["detail"]
 
 
-def test_timeline_errors_before_streaming(merged_model, merged_detector):
-    client = client_of(timeline_service(merged_model))
+def test_timeline_errors_before_streaming(merged_model, merged_detector, six_seconds, tmp_path):
+    client = client_of(timeline_service(merged_model, spool_dir=str(tmp_path)))
+    # Multipart: a file part not named `file` is refused before its bytes are stored, and a
+    # timeline takes no pile of text fields.
+    video = six_seconds.read_bytes()
+    r = client.post("/timeline", files={"video": ("six.mp4", video, "video/mp4")})
+    assert r.status_code == 422 and "named 'video'; send it as `file`" in r.json()["detail"]
+    r = client.post("/timeline", files={"file": ("six.mp4", video, "video/mp4")},
+                    data={f"f{i}": "x" for i in range(20)})  # fmt: skip
+    assert r.status_code == 422 and "Too many fields" in r.json()["detail"]
+    assert list(tmp_path.iterdir()) == []
     r = client.post("/timeline", content=b"", headers={"content-type": "video/mp4"})
     assert r.status_code == 400
     r = client.post("/timeline", content=b"not a video" * 200)
@@ -196,7 +205,8 @@ def _busy(thread: threading.Thread) -> bool:
     import traceback
 
     frame = sys._current_frames().get(thread.ident)
-    return frame is not None and any("_produce" in line for line in traceback.format_stack(frame))
+    stack = traceback.format_stack(frame) if frame is not None else []
+    return any("_produce" in line or "open_and_plan" in line for line in stack)
 
 
 PIPELINE_MEMORY = """
@@ -251,13 +261,21 @@ def test_a_ten_minute_timeline_keeps_memory_flat(merged_model, tmp_path):
     assert growth[10] < growth[1] + 16, growth  # MB
 
 
+@pytest.mark.parametrize("cancel_while", ["streaming", "opening"])
 def test_a_cancelled_timeline_lets_go_of_its_slot_only_once_its_decoder_has_stopped(
-    merged_model, tmp_path
+    merged_model, tmp_path, monkeypatch, cancel_while
 ):
     """Ray cancels a request's task when its client leaves; Starlette's middleware turns that
     into an anyio cancellation that hits every await again. The slot and the spooled file are
-    released after the decode worker has stopped, not while it still runs."""
+    released after the decode worker has stopped (or the video's opening has ended), not while
+    it still runs."""
     import asyncio
+
+    from video.decode import VideoReader
+
+    if cancel_while == "opening":  # an index that takes a while (a long file on a slow disk)
+        index = VideoReader._index
+        monkeypatch.setattr(VideoReader, "_index", lambda self: time.sleep(1) or index(self))
 
     images = [ordinal_image(i % 1024, 64, 48) for i in range(3000)]
     body = write_clip(tmp_path / "long.mp4", 3000, fps=10, gop=50, images=images).read_bytes()
@@ -285,7 +303,12 @@ def test_a_cancelled_timeline_lets_go_of_its_slot_only_once_its_decoder_has_stop
                 first_line.set()
 
         task = asyncio.create_task(app(scope, receive, send))
-        await first_line.wait()
+        if cancel_while == "opening":
+            while chunks or not service.timelines:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)
+        else:
+            await first_line.wait()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
