@@ -129,6 +129,14 @@ def write_clip(
     return path
 
 
+def write_minutes(path: str | Path, minutes: int, fps: int = 8) -> Path:
+    """A long, cheap clip for memory tests: flat 64x48 frames whose grey level counts on, a
+    keyframe every 64 frames."""
+    frames = minutes * 60 * fps
+    images = [np.full((48, 64, 3), i % 251, np.uint8) for i in range(frames)]
+    return write_clip(path, frames, fps=fps, size=(64, 48), gop=64, images=images)
+
+
 def write_audio(path: str | Path, seconds: float = 1.0, cover: bool = False) -> Path:
     """An audio-only file (AAC in .m4a), with a cover picture (a still video stream) if asked."""
     path = Path(path)

@@ -244,14 +244,12 @@ def test_a_ten_minute_timeline_keeps_memory_flat(merged_model, tmp_path):
     import subprocess
     import sys
 
-    import numpy as np
+    from tests.media import write_minutes
 
     growth = {}
     for minutes in (1, 10):
         frames = minutes * 60 * 8
-        images = [np.full((48, 64, 3), i % 251, np.uint8) for i in range(frames)]
-        path = write_clip(tmp_path / f"{minutes}min.mp4", frames, fps=8, size=(64, 48),
-                          gop=64, images=images)  # fmt: skip
+        path = write_minutes(tmp_path / f"{minutes}min.mp4", minutes)
         out = subprocess.run([sys.executable, "-c", PIPELINE_MEMORY, str(merged_model),
                               str(path)], check=True, capture_output=True, text=True)  # fmt: skip
         windows, growth[minutes] = out.stdout.split()

@@ -287,16 +287,11 @@ def test_timeline_windows_keep_memory_flat_whatever_the_length(tmp_path):
     import subprocess
     import sys
 
-    import numpy as np
-
-    from tests.media import write_clip
+    from tests.media import write_minutes
 
     growth = {}
     for minutes in (1, 10):
-        frames = minutes * 60 * 8
-        images = [np.full((48, 64, 3), i % 251, np.uint8) for i in range(frames)]
-        path = write_clip(tmp_path / f"{minutes}min.mp4", frames, fps=8, size=(64, 48),
-                          gop=64, images=images)  # fmt: skip
+        path = write_minutes(tmp_path / f"{minutes}min.mp4", minutes)
         out = subprocess.run([sys.executable, "-c", STREAM_MEMORY, str(path)], check=True,
                              capture_output=True, text=True).stdout.split()  # fmt: skip
         windows, growth[minutes] = int(out[0]), float(out[1])
