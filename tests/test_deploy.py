@@ -221,3 +221,12 @@ def test_the_image_serves_what_is_mounted_else_the_demo(env, args, tmp_path):
     expected = args.replace("MOUNTED", str(mounted))
     fixed = "--host 0.0.0.0 --port 8000 --metrics-host 0.0.0.0 --metrics-port 8080"
     assert out.stdout.split() == f"serve {expected} {fixed}".split()
+
+
+def test_the_serve_configs_args_are_valid_settings():
+    from service.settings import ServiceSettings
+
+    config = yaml.safe_load((DEPLOY / "serve.yaml").read_text())
+    (application,) = config["applications"]
+    settings = ServiceSettings.model_validate(application["args"])
+    assert settings.ingress_cpus == settings.max_timelines
