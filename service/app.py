@@ -242,7 +242,8 @@ def create_app() -> FastAPI:
                 limit, rate = s.max_timeline_upload_bytes, s.min_timeline_upload_bytes_per_s
                 await read_upload(request, limit, (), rate, s.upload_grace_s, into=upload)
             except OSError as e:
-                raise problems.cannot_store(f"spooling the upload failed: {e.strerror}") from e
+                reason = e.strerror or type(e).__name__
+                raise problems.cannot_store(f"spooling the upload failed: {reason}") from e
             # Messages name the upload as /classify's do, not by the spool file's path.
             name = f"<{upload.tell()} bytes>"
             records = await svc.timeline(upload.name, params, stack, name)
@@ -321,11 +322,15 @@ async def spooled_upload(folder: str | None) -> AsyncIterator[BinaryIO]:
     try:
         f = tempfile.NamedTemporaryFile(prefix="zeroi2v-", suffix=".upload", dir=folder)  # noqa: SIM115 (its errors become a 507 here)
     except OSError as e:  # the message, not the server's paths
-        raise problems.cannot_store(f"no temporary file for the upload: {e.strerror}") from e
+        reason = e.strerror or type(e).__name__
+        raise problems.cannot_store(f"no temporary file for the upload: {reason}") from e
     try:
         yield f
     finally:
-        await anyio.to_thread.run_sync(f.close)
+        try:
+            await anyio.to_thread.run_sync(f.close)
+        finally:  # a cancelled wait may not have run it (closing twice is harmless)
+            f.close()
 
 
 # What an upload can be refused with (service/problems.py says when).
@@ -421,7 +426,7 @@ async def read_upload(
         try:
             form = await parser.parse()
         except MultiPartException as e:
-            raise problems.bad_parameters(f"malformed multipart body: {e.message}") from e
+            raise problems.bad_parameters(f"multipart body: {e.message}") from e
         upload = form.get("file")
         if upload is None:
             raise problems.bad_parameters("the multipart body has no `file` field")
@@ -440,7 +445,8 @@ async def read_upload(
         if into is None:
             data = b"".join([chunk async for chunk in counted()])
         else:  # written in a thread: a disk that stalls must not stall the event loop (and
-            # anyio's thread is waited for on cancellation, so the file is not closed under it)
+            # on the anyio cancellation the app's middleware delivers, the thread is waited for,
+            # so the file is not closed under it)
             async for chunk in counted():
                 await anyio.to_thread.run_sync(into.write, chunk)
     else:

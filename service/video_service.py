@@ -1,11 +1,12 @@
 """What the ingress does per request, as plain async code: admit, check, hand over, answer.
 
-The ingress never decodes: it admits the request (past `max_pending_requests` it answers 503 at
-once instead of queueing without limit), checks its parameters, and hands the bytes to the
-backend, which decodes them (the decode replicas) and runs the model (the batched model replica).
-A decode error comes back as the decoder raised it and becomes a 4xx problem here. What differs
-between tasks (parameters, decoding, batching, the answer) is the served task's
-(service/tasks.py).
+A short request (/classify, /detect) is not decoded here: the ingress admits it (past
+`max_pending_requests` it answers 503 at once instead of queueing without limit), checks its
+parameters, and hands the bytes to the backend, which decodes them (the decode replicas) and
+runs the model (the batched model replica). A decode error comes back as the decoder raised it
+and becomes a 4xx problem here. What differs between tasks (parameters, decoding, batching, the
+answer) is the served task's (service/tasks.py). A timeline is decoded here, from the file its
+upload was spooled to, and its windows go to the backend's model (`timeline`).
 """
 
 from __future__ import annotations

@@ -230,3 +230,6 @@ def test_the_serve_configs_args_are_valid_settings():
     (application,) = config["applications"]
     settings = ServiceSettings.model_validate(application["args"])
     assert settings.ingress_cpus == settings.max_timelines
+    # No Ray limit below the app's own (build_app computes the ingress's from the settings).
+    for deployment in application["deployments"]:
+        assert "max_ongoing_requests" not in deployment or deployment["name"] != "Ingress"

@@ -271,9 +271,16 @@ def test_a_cancelled_timeline_lets_go_of_its_slot_only_once_its_decoder_has_stop
 
     from video.decode import VideoReader
 
+    indexing = threading.Event()
     if cancel_while == "opening":  # an index that takes a while (a long file on a slow disk)
         index = VideoReader._index
-        monkeypatch.setattr(VideoReader, "_index", lambda self: time.sleep(1) or index(self))
+
+        def slow_index(self):
+            indexing.set()
+            time.sleep(1)
+            return index(self)
+
+        monkeypatch.setattr(VideoReader, "_index", slow_index)
 
     images = [ordinal_image(i % 1024, 64, 48) for i in range(3000)]
     body = write_clip(tmp_path / "long.mp4", 3000, fps=10, gop=50, images=images).read_bytes()
@@ -302,9 +309,7 @@ def test_a_cancelled_timeline_lets_go_of_its_slot_only_once_its_decoder_has_stop
 
         task = asyncio.create_task(app(scope, receive, send))
         if cancel_while == "opening":
-            while chunks or not service.timelines:
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.3)
+            assert await asyncio.to_thread(indexing.wait, 30), "the video was never opened"
         else:
             await first_line.wait()
         task.cancel()
