@@ -305,7 +305,9 @@ class SpoolingParser(MultiPartParser):
     def on_headers_finished(self) -> None:
         super().on_headers_finished()
         upload = self._current_part.file
-        if upload is None:
+        if upload is None:  # a text field
+            if self._current_part.field_name == "file":
+                raise MultiPartException("the `file` field must be a file upload, not text")
             return
         upload.file.close()  # Starlette's, still empty
         if self._current_part.field_name != "file":  # refused before its bytes are stored

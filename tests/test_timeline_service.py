@@ -127,6 +127,8 @@ def test_timeline_errors_before_streaming(merged_model, merged_detector, six_sec
     r = client.post("/timeline", files={"file": ("six.mp4", video, "video/mp4")},
                     data={f"f{i}": "x" for i in range(20)})  # fmt: skip
     assert r.status_code == 422 and "Too many fields" in r.json()["detail"]
+    r = client.post("/timeline", files={"file": (None, "x" * 100_000)})  # curl -F 'file=<clip
+    assert r.status_code == 422 and "must be a file upload, not text" in r.json()["detail"]
     assert list(tmp_path.iterdir()) == []
     r = client.post("/timeline", content=b"", headers={"content-type": "video/mp4"})
     assert r.status_code == 400
