@@ -273,7 +273,7 @@ def predict(
     settings = ServiceSettings(
         model_path=str(model), base=base, max_top_k=top_k, max_views=10**6, max_keyframes=10**6,
         max_decode_megapixels=10**9, decode_timeout_s=DecodeLimits.timeout_s, decode_device="cpu",
-        max_timeline_seconds=_timeline_seconds(model) if timeline else 1800.0,
+        **({"max_timeline_seconds": _timeline_seconds(model)} if timeline else {}),
     )  # fmt: skip
     backend = LocalBackend(runner, settings, decode_threads=DecodeLimits.threads)
     service = VideoService(settings, runner.info, backend, timeline_threads=DecodeLimits.threads)

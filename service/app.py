@@ -230,9 +230,7 @@ def create_app() -> FastAPI:
         client that disconnects stops the work."""
         authorize(request)
         svc = service(request)
-        svc.require_timeline()
-        params = TimelineParams(stride_s, top_k, spatial_crops)
-        params.check(svc.settings)
+        params = svc.check_timeline(TimelineParams(stride_s, top_k, spatial_crops))
         s = svc.settings
         stack = contextlib.AsyncExitStack()
         try:

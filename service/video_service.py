@@ -185,6 +185,12 @@ class VideoService:
             )
         return self.task
 
+    def check_timeline(self, params: TimelineParams) -> TimelineParams:
+        """A timeline request's parameters, checked (with the model) before its upload is read."""
+        self.require_timeline()
+        params.check(self.settings)
+        return params
+
     def check(self, params):
         """The request's parameters, checked by its task before any upload is read."""
         self.task.check(params, self.settings, self.spec)
@@ -219,8 +225,7 @@ class VideoService:
         request's own 4xx problem; an error later is raised from the iteration as a Problem.
         The decode stops when `stack` closes (the answer sent, or the client gone). `name`:
         what messages call the video (default: its path)."""
-        self.require_timeline()
-        params.check(self.settings)
+        self.check_timeline(params)
         spec = self.spec.with_views(temporal_clips=1, spatial_crops=params.spatial_crops)
         per_batch = max(1, self.settings.max_batch_size // spec.spatial_crops)
         limits = timeline_limits(self.settings, self.timeline_threads)
@@ -243,35 +248,31 @@ class VideoService:
         stack.push_async_callback(records.aclose)
 
         async def observed() -> AsyncIterator[TimelineWindow | TimelineSummary]:
+            """The records, timed in the metrics, their errors as Problems."""
             last = time.perf_counter()
-            async for record in records:
-                now = time.perf_counter()
-                if self.metrics and isinstance(record, TimelineWindow):
-                    self.metrics.count_windows(1)
-                    self.metrics.observe_stage("timeline_window", now - last)
-                elif self.metrics:
-                    self.metrics.observe_stage("timeline", now - started)
-                last = now
-                yield record
-
-        stream = observed()
-        stack.push_async_callback(stream.aclose)
-        try:
-            first = await anext(stream)
-        except problems.Problem:
-            raise
-        except Exception as e:
-            raise as_problem(e) from e
-
-        async def answer() -> AsyncIterator[TimelineWindow | TimelineSummary]:
-            yield first
             try:
-                async for record in stream:
+                async for record in records:
+                    now = time.perf_counter()
+                    if self.metrics and isinstance(record, TimelineWindow):
+                        self.metrics.count_windows(1)
+                        self.metrics.observe_stage("timeline_window", now - last)
+                    elif self.metrics:
+                        self.metrics.observe_stage("timeline", now - started)
+                    last = now
                     yield record
             except problems.Problem:
                 raise
             except Exception as e:
                 raise as_problem(e) from e
+
+        stream = observed()
+        stack.push_async_callback(stream.aclose)
+        first = await anext(stream)
+
+        async def answer() -> AsyncIterator[TimelineWindow | TimelineSummary]:
+            yield first
+            async for record in stream:
+                yield record
 
         return answer()
 
