@@ -5,13 +5,15 @@
 Phases, one service: (1) unloaded: normal requests one at a time, their p95; (2) capacity:
 normal requests from 8 clients at once, the rate they are served at; (3) the hostile mix for
 --seconds: max_pending_requests clients trickling bodies at 64 bytes/s (reconnecting when cut
-off), requests at the per-request cost cap (one every --cost-cap-every s), requests with 1 MiB
-headers twice a second, and
-normal requests at half the measured capacity; (4) 15 s of quiet. Reported: the normal
-requests' success rate and p95 during the mix against unloaded, what the hostile requests got,
-and memory as the summed RSS of Ray's HTTP proxy and every Serve replica before, at its peak
-during, and after. Targets (README): >= 95% of normal requests answered 200, their p95 <= 3x
-unloaded, memory after within 10% of before.
+off), requests at the per-request cost cap, requests with 1 MiB headers twice a second, and
+normal requests at half the measured capacity; (4) 15 s of quiet. A cost-cap request comes
+every --cost-cap-every s, by default every (its time alone / --cost-cap-share) s: with the
+default share of 0.2 it holds the machine a fifth of the time, so that with the normal traffic
+the mix is about 70% of what the machine can do, a load it can carry, whatever its speed.
+Reported: the normal requests' success rate and p95 during the mix against unloaded, what the
+hostile requests got, and memory as the summed RSS of Ray's HTTP proxy and every Serve replica
+(with its child processes) before, at its peak during, and after. Targets (README): >= 95% of
+normal requests answered 200, their p95 <= 3x unloaded, memory after within 10% of before.
 
 The cost-cap video: flat 2160x2160 frames with a single keyframe, so tiny on disk, asked for
 with temporal_clips at max_views: its plan decodes almost every frame, sized to just under
@@ -44,20 +46,33 @@ SIDE = 2160
 
 def rss_mb() -> dict[str, float]:
     """RSS of Ray's HTTP proxy and of the Serve replicas by deployment (controller excluded),
-    and their sum ("total"), in MB."""
-    by_kind: dict[str, float] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    each with its child processes (a decoder's low-priority process), and their sum ("total"),
+    in MB."""
+    kinds: dict[int, str] = {}
+    parents: dict[int, int] = {}
+    rss: dict[int, float] = {}
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().split(b"\x00")[0].decode()
-            if not cmd.startswith(("ray::ProxyActor", "ray::ServeReplica")):
-                continue
             with open(f"/proc/{pid}/status") as f:
-                kb = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
-        except (OSError, StopIteration):
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except (OSError, ValueError):
             continue
-        kind = cmd.rsplit(":", 1)[-1] if "ServeReplica" in cmd else "Proxy"
-        by_kind[kind] = by_kind.get(kind, 0.0) + kb / 1024
+        parents[pid] = int(status["PPid"])
+        rss[pid] = int(status.get("VmRSS", "0 kB").split()[0]) / 1024
+        if cmd.startswith("ray::ProxyActor"):
+            kinds[pid] = "Proxy"
+        elif cmd.startswith("ray::ServeReplica"):
+            kinds[pid] = cmd.rsplit(":", 1)[-1].split(".")[0]  # "Ingress.handle_request..."
+    by_kind: dict[str, float] = {}
+    for pid, mb in rss.items():
+        ancestor, hops = pid, 0
+        while ancestor not in kinds and ancestor in parents and hops < 8:
+            ancestor, hops = parents[ancestor], hops + 1
+        if ancestor in kinds:
+            kind = kinds[ancestor] + (" children" if ancestor != pid else "")
+            by_kind[kind] = by_kind.get(kind, 0.0) + mb
     by_kind["total"] = sum(by_kind.values())
     return {k: round(v, 1) for k, v in sorted(by_kind.items())}
 
@@ -90,14 +105,18 @@ STAGES = ("decode_wait_ms", "decode_ms", "queue_ms", "inference_ms")
 async def normal_request(
     client: httpx.AsyncClient, url: str, clip: bytes, stages: list[dict] | None = None
 ) -> tuple[int, float]:
-    """(status, seconds); with `stages`, a 200's timings by stage are appended to it."""
+    """(status, seconds); with `stages`, a 200's timings by stage, its model batch size and
+    when it was sent (seconds on perf_counter's clock) are appended to it."""
     start = time.perf_counter()
     try:
         r = await client.post(url, content=clip, headers={"content-type": "video/mp4"})
         status = r.status_code
         if status == 200 and stages is not None:
-            timings = r.json()["timings"]
-            stages.append({k: timings[k] for k in STAGES})
+            answer = r.json()
+            record = {k: answer["timings"][k] for k in STAGES}
+            record.update(sent=start, seconds=time.perf_counter() - start,
+                          batch_size=answer["batch_size"])  # fmt: skip
+            stages.append(record)
     except httpx.HTTPError:
         status = 0
     return status, time.perf_counter() - start
@@ -111,13 +130,14 @@ def stage_p95s(stages: list[dict]) -> dict[str, float]:
 async def main(args) -> dict:
     from service.server import start, stop
 
-    settings = ServiceSettings(model_path=str(args.model))
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    settings = ServiceSettings(model_path=str(args.model), **overrides)
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     clip = write_clips(work / "clips")[0].read_bytes()
     heavy, heavy_frames = cost_cap_video(work / "cost_cap.mp4", settings)
     heavy_bytes = heavy.read_bytes()
     port = args.port
-    start({"model_path": str(args.model)}, port=port, metrics_port=args.metrics_port)
+    start({"model_path": str(args.model), **overrides}, port=port, metrics_port=args.metrics_port)
     base = f"http://127.0.0.1:{port}"
     url = f"{base}/classify"
     report: dict = {"cost_cap_video": {"frames": heavy_frames, "side": SIDE,
@@ -133,6 +153,17 @@ async def main(args) -> dict:
             report["unloaded_p95_s"] = p95(unloaded)
             report["unloaded_stage_p95_s"] = stage_p95s(unloaded_stages)
             report["memory_before_mb"] = rss_mb()
+            # One cost-cap request alone: how long it holds the machine, and so how often one
+            # can come for the mix to stay a load the machine can carry (--cost-cap-share).
+            q = f"?temporal_clips={settings.max_views}"
+            sent = time.perf_counter()
+            r = await client.post(url + q, content=heavy_bytes,
+                                  headers={"content-type": "video/mp4"})  # fmt: skip
+            alone = time.perf_counter() - sent
+            report["cost_cap_alone"] = {"status": r.status_code, "seconds": alone,
+                                        "timings": r.json().get("timings")}  # fmt: skip
+            every = args.cost_cap_every or alone / args.cost_cap_share
+            report["cost_cap_every_s"] = every
 
             t0, served = time.perf_counter(), 0
             while time.perf_counter() - t0 < 15:
@@ -167,17 +198,22 @@ async def main(args) -> dict:
 
             async def cost_capped():
                 async def one():
+                    sent = time.perf_counter()
                     try:
                         r = await client.post(url + q, content=heavy_bytes,
                                               headers={"content-type": "video/mp4"})  # fmt: skip
                         count("cost_cap", r.status_code)
+                        answer = r.json() if r.status_code == 200 else {}
+                        costly.append({"sent": sent, "seconds": time.perf_counter() - sent,
+                                       **answer.get("timings", {}),
+                                       "decoder": answer.get("decoder")})  # fmt: skip
                     except httpx.HTTPError:
                         count("cost_cap", 0)
 
-                q, sent = f"?temporal_clips={settings.max_views}", []
-                while time.perf_counter() < stop_at:  # open loop: one every --cost-cap-every s
+                sent = []
+                while time.perf_counter() < stop_at:  # open loop: one every `every` s
                     sent.append(asyncio.create_task(one()))
-                    await asyncio.sleep(args.cost_cap_every)
+                    await asyncio.sleep(every)
                 await asyncio.gather(*sent)
 
             async def big_headers():
@@ -207,6 +243,8 @@ async def main(args) -> dict:
                 return await asyncio.gather(*pending)
 
             normal_stages: list[dict] = []
+            costly: list[dict] = []
+            mix_start = time.perf_counter()
             slow = settings.max_pending_requests
             hostile = [asyncio.create_task(trickler()) for _ in range(slow)]
             hostile += [asyncio.create_task(cost_capped()), asyncio.create_task(big_headers()),
@@ -226,6 +264,12 @@ async def main(args) -> dict:
                 report["normal"]["p95_s"] / report["unloaded_p95_s"]
             )
             report["hostile"] = {k: {str(s): n for s, n in v.items()} for k, v in outcomes.items()}
+            # When each request was sent (seconds into the mix) and how it went: whether the
+            # slow normal requests are the ones beside a cost-cap request.
+            report["series"] = {
+                "normal": [{**r, "sent": round(r["sent"] - mix_start, 3)} for r in normal_stages],
+                "cost_cap": [{**r, "sent": round(r["sent"] - mix_start, 3)} for r in costly],
+            }
             report["memory_peak_mb"] = max(peak)
             await asyncio.sleep(15)
             report["memory_after_mb"] = rss_mb()
@@ -249,8 +293,24 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=SHIPPED)
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--cost-cap-every", type=float, default=4.0,
-                        help="seconds between requests at the cost cap")  # fmt: skip
+    parser.add_argument(
+        "--cost-cap-every",
+        type=float,
+        help="seconds between requests at the cost cap (default: from the share)",
+    )
+    parser.add_argument(
+        "--cost-cap-share",
+        type=float,
+        default=0.2,
+        help="one cost-cap request every (its time alone / this) seconds",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a service setting for the run (e.g. low_priority_megapixels=0)",
+    )
     parser.add_argument("--port", type=int, default=8011)
     parser.add_argument("--metrics-port", type=int, default=8091)
     parser.add_argument("--json", type=Path)

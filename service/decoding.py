@@ -8,21 +8,32 @@ bytes through Ray's object store, and the model replica crops and normalises on 
 Each decode runs in a small thread pool (PyAV and torch release the GIL): `decode_workers`
 videos at once per replica, one decoder thread each. The time a video waits for a worker is
 reported apart from the time it takes.
+
+A costly plan (more than `low_priority_megapixels` to decode, which the worker knows once it has
+opened the video and planned its clips) is decoded again from the bytes in a child process
+running at the lowest CPU priority (`LowPriority`): on a machine whose cores the model and the
+normal requests' decoders share, it takes the cycles they leave instead of a core of theirs. A
+child process, not a low-priority thread: a thread starved while it holds the GIL would stall
+its replica's event loop and the normal decodes with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 
 import torch
 
 from service.settings import ServiceSettings
 from video.decode import DecodeLimits, VideoReader, resolve_decode_device
-from video.views import ClipPlan, ViewSpec, clips_plan, keyframe_clips_plan
+from video.views import ClipPlan, DecodedClips, ViewSpec, clips_plan, keyframe_clips_plan
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class Decoded:
     decode_ms: float  # decoding, converting and resizing
     wait_ms: float  # waiting for a worker inside the decode replica (routing waits: queue_ms)
     decoder: str  # which decode replica
+    low_priority: bool = False  # decoded in the replica's low-priority process
 
     def stats(self) -> Decoded:
         """The same without the frames: what travels back with the model's answer."""
@@ -94,6 +106,85 @@ def timeline_limits(settings: ServiceSettings, threads: int = 1) -> DecodeLimits
     )
 
 
+def read_plan(
+    data: bytes,
+    limits: DecodeLimits,
+    device: str,
+    make_plan: Callable[[VideoReader], ClipPlan],
+    hand_over: Callable[[ClipPlan, VideoReader], bool] | None = None,
+) -> tuple[float, DecodedClips | None, float]:
+    """Open the upload, plan its clips and read them: (started, clips, done) in perf_counter
+    seconds (a system-wide clock on Linux, so a child process's times compare with ours).
+    clips is None when `hand_over(plan, reader)` says the plan is read elsewhere."""
+    started = time.perf_counter()
+    try:
+        # The bytes themselves (not a BytesIO): the reader wraps them without a copy, and its
+        # messages name the upload "<N bytes>", not "<file object>".
+        with VideoReader(data, limits, device) as reader:
+            plan = make_plan(reader)
+            if hand_over is not None and hand_over(plan, reader):
+                return started, None, time.perf_counter()
+            out = plan.read(reader)
+        return started, out, time.perf_counter()
+    finally:
+        release_free_memory()
+
+
+def _read_plan_in_child(*args) -> tuple[float, DecodedClips, float]:
+    """read_plan in the low-priority process. The clips go back as a numpy array in their
+    memory order (channels last): a tensor would travel through shared memory, which a
+    container's small /dev/shm can refuse."""
+    started, out, done = read_plan(*args)
+    return started, replace(out, clips=out.clips.permute(0, 1, 3, 4, 2).numpy()), done
+
+
+def lowest_priority() -> None:
+    """This process at SCHED_IDLE (Linux: its thread runs only on a core nothing else wants; the
+    threads it starts inherit that), else at nice 19; and one torch thread."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
+    torch.set_num_threads(1)
+
+
+class LowPriority:
+    """One child process, at the lowest CPU priority, that runs costly decodes one at a time.
+
+    Started on first use, or by `start` (a decode replica starts it with itself, so that its
+    memory is there from the beginning and the first costly video does not wait for it). A
+    child that dies (a crash in FFmpeg, the OOM killer) fails the decode it was running, and
+    the next one starts a fresh child."""
+
+    def __init__(self):
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn: forking a process that runs threads (Ray's, the decode workers) is unsafe.
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(1, context, initializer=lowest_priority)
+        return self._pool
+
+    def start(self) -> None:
+        """Start the child now, without waiting for it to be ready (its imports take seconds)."""
+        self._executor().submit(os.getpid)
+
+    async def run(self, fn: Callable, *args):
+        pool = self._executor()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        except BrokenProcessPool:
+            if self._pool is pool:
+                self._pool = None
+            raise
+
+    def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 class Decoder:
     def __init__(
         self,
@@ -101,7 +192,11 @@ class Decoder:
         name: str = "local",
         gpu: bool | None = None,
         threads: int = 1,
+        low_priority: bool = False,
     ):
+        """low_priority: decode plans over `low_priority_megapixels` in a child process at the
+        lowest CPU priority (the decode replicas; one process answering one request at a time,
+        as `zeroi2v predict` does, has no one to yield to)."""
         self.name = name
         self.limits = decode_limits(settings, threads)
         self.max_keyframes = settings.max_keyframes
@@ -110,43 +205,66 @@ class Decoder:
         # instead of on every request.
         self.device = resolve_decode_device(settings.decode_device, gpu)
         self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        # NVDEC decodes off the CPU already.
+        costly = settings.low_priority_megapixels
+        low = low_priority and costly > 0 and self.device == "cpu"
+        self.low_priority_pixels = costly * 1e6 if low else None
+        self.low_priority = LowPriority() if low else None
+
+    def _costly(self, plan: ClipPlan, reader: VideoReader) -> bool:
+        """Whether the plan goes to the low-priority process: over low_priority_megapixels, and
+        within the request's cost limit (a plan over it fails here, at once)."""
+        if self.low_priority_pixels is None:
+            return False
+        pixels = plan.frames_to_decode(reader) * reader.info.width * reader.info.height
+        cap = self.limits.max_decoded_pixels
+        return pixels > self.low_priority_pixels and (cap is None or pixels <= cap)
 
     async def _run(self, data: bytes, make_plan: Callable[[VideoReader], ClipPlan]) -> Decoded:
-        """Open the upload, plan its clips and read them, in one worker."""
+        """Open the upload, plan its clips and read them in one worker; a costly plan is read
+        in the low-priority process instead. `make_plan` is picklable for that (a partial of
+        a module-level function)."""
         queued = time.perf_counter()
-
-        def timed():
-            started = time.perf_counter()
-            try:
-                # The bytes themselves (not a BytesIO): the reader wraps them without a copy,
-                # and its messages name the upload "<N bytes>", not "<file object>".
-                with VideoReader(data, self.limits, self.device) as reader:
-                    out = make_plan(reader).read(reader)
-                return started, out, time.perf_counter()
-            finally:
-                release_free_memory()
-
         loop = asyncio.get_running_loop()
-        started, out, done = await loop.run_in_executor(self.pool, timed)
+        started, out, done = await loop.run_in_executor(
+            self.pool, read_plan, data, self.limits, self.device, make_plan, self._costly
+        )
+        wait_s, decode_s = started - queued, done - started
+        low = out is None
+        if low:
+            handed_over = done
+            started, out, done = await self.low_priority.run(
+                _read_plan_in_child, data, self.limits, self.device, make_plan
+            )
+            out = replace(out, clips=torch.from_numpy(out.clips).permute(0, 1, 4, 2, 3))
+            wait_s += started - handed_over
+            decode_s += done - started
         return Decoded(
             clips=out.clips,
             times=out.times,
             frames_decoded=out.frames_decoded,
             frames_used=out.clips.shape[0] * out.clips.shape[1],
             hardware=out.hardware,
-            decode_ms=(done - started) * 1e3,
-            wait_ms=(started - queued) * 1e3,
+            decode_ms=decode_s * 1e3,
+            wait_ms=wait_s * 1e3,
             decoder=self.name,
+            low_priority=low,
         )
 
     async def clips(self, data: bytes, spec: ViewSpec, sampling: str = "exact") -> Decoded:
         """Classification: the test-time clips of `spec`, short side resized to its size."""
-        return await self._run(data, lambda reader: clips_plan(reader, spec, sampling))
+        return await self._run(data, functools.partial(clips_plan, spec=spec, sampling=sampling))
 
     async def keyframe_clips(
         self, data: bytes, spec: ViewSpec, times: list[float] | None
     ) -> Decoded:
         """Detection: the clip around each key-frame time (None: 1 Hz), frames resized to S x S."""
-        return await self._run(
-            data, lambda reader: keyframe_clips_plan(reader, spec, times, self.max_keyframes)
+        plan = functools.partial(
+            keyframe_clips_plan, spec=spec, timestamps=times, max_keyframes=self.max_keyframes
         )
+        return await self._run(data, plan)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False)
+        if self.low_priority is not None:
+            self.low_priority.close()

@@ -60,8 +60,15 @@ class DecodeDeployment:
         s = ServiceSettings.model_validate(settings)
         torch.set_num_threads(1)  # resizing runs per frame inside each decode worker
         self.decoder = Decoder(
-            s, name=serve.get_replica_context().replica_id.unique_id, gpu=bool(assigned_gpus())
+            s,
+            name=serve.get_replica_context().replica_id.unique_id,
+            gpu=bool(assigned_gpus()),
+            low_priority=True,
         )
+        if self.decoder.low_priority is not None:
+            # Now, not at the first costly video: its start-up and memory belong to the
+            # replica's.
+            self.decoder.low_priority.start()
         logging.getLogger("ray.serve").info(
             "decoder %s: %d worker(s), device %s", self.decoder.name, s.decode_workers,
             self.decoder.device,
@@ -121,8 +128,7 @@ class ModelDeployment:
 
     async def predict(self, decoded: Decoded, spec: ViewSpec, params) -> Inference:
         items = self.task.items(self.runner, decoded, spec, params)
-        with self.priority.short_request():
-            results = await in_rounds(self.at_model, items, self.views_per_round)
+        results = await self.priority.rounds(self.at_model, items, self.views_per_round)
         return Inference(
             output=self.task.combine([r[0] for r in results]),
             inference_ms=max(r[1] for r in results) * 1e3,
@@ -135,8 +141,9 @@ class ModelDeployment:
         batches as other requests' (a round at a time, as theirs do)."""
         groups = self.task.window_items(self.runner, clips, spec)
         items = [item for group in groups for item in group]
-        turn = self.priority.long_turn
-        results = await in_rounds(self.at_model, items, self.views_per_round, turn)
+        results = await self.priority.rounds(
+            self.at_model, items, self.views_per_round, short=False
+        )
         return WindowScores(
             outputs=window_outputs(self.task, groups, [r[0] for r in results]),
             inference_ms=max(r[1] for r in results) * 1e3,
@@ -178,11 +185,12 @@ async def in_rounds(batched, items: list, per_round: int, before_round=None) -> 
 
 
 class ShortFirst:
-    """Short requests before timelines at the model replica: a timeline's next round of views
-    waits while a short request (/classify, /detect) is at the model, but never more than
-    `max_wait_s` a round. Measured on a 2-core CPU, /classify's p95 beside a streaming timeline
-    was 2-4x its p95 alone without it (benchmarks/README.md); a timeline under a steady stream
-    of short requests still gets a round every `max_wait_s`."""
+    """Short requests first at the model replica: the next round of a long request's views (a
+    timeline's, or a /classify or /detect with more views than one round) waits while a short
+    request (one round) is at the model, but never more than `max_wait_s` a round. Measured on
+    a 2-core CPU, /classify's p95 beside a streaming timeline was 2-4x its p95 alone without it
+    (benchmarks/README.md); a long request under a steady stream of short ones still gets a
+    round every `max_wait_s`."""
 
     def __init__(self, max_wait_s: float = 1.0):
         self.max_wait_s = max_wait_s
@@ -200,6 +208,17 @@ class ShortFirst:
             self.short -= 1
             if not self.short:
                 self._idle.set()
+
+    async def rounds(self, batched, items: list, per_round: int, short: bool | None = None) -> list:
+        """in_rounds for one request: short (default: when its items fit in one round) goes at
+        once and holds long requests back while it is in; long waits its turn before each
+        round (a timeline's batches are long whatever their size)."""
+        if short is None:
+            short = len(items) <= per_round
+        if short:
+            with self.short_request():
+                return await in_rounds(batched, items, per_round)
+        return await in_rounds(batched, items, per_round, self.long_turn)
 
     async def long_turn(self) -> None:
         """Wait (at most max_wait_s) until no short request is at the model."""

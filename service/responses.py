@@ -48,6 +48,9 @@ class Views(Answer):
 class DecoderCard(Answer):
     replica: str = Field(description="the decode replica that decoded the upload")
     device: Literal["cpu", "cuda"] = Field(description="cuda: NVDEC")
+    low_priority: bool = Field(
+        False, description="decoded at the lowest CPU priority (over low_priority_megapixels)"
+    )
 
 
 class Timings(Answer):

@@ -72,6 +72,11 @@ class ServiceSettings(BaseModel):
     # share of a GPU per replica, e.g. 0.25), else on its CPU; cuda insists on it.
     decode_device: Literal["auto", "cpu", "cuda"] = "auto"
     decode_gpus: float = Field(0.0, ge=0)
+    # A CPU decode whose plan decodes more than this many megapixels (500: about a second of a
+    # core) runs in a child process of its decode replica at the lowest CPU priority
+    # (SCHED_IDLE): it takes the cycles normal requests leave instead of slowing the model
+    # beside it (benchmarks/README.md, the soak). 0: every decode in the replica's workers.
+    low_priority_megapixels: float = Field(500.0, ge=0)
     # The model replicas: Ray places each on a node with these free, whatever the head has.
     model_replicas: int = Field(1, ge=1)
     model_gpus: float = Field(1.0, ge=0)

@@ -324,6 +324,7 @@ def decoder_card(decoded: Decoded) -> DecoderCard:
     return DecoderCard(
         replica=decoded.decoder,
         device="cuda" if decoded.hardware else "cpu",
+        low_priority=decoded.low_priority,
     )
 
 

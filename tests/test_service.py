@@ -851,6 +851,34 @@ def test_a_requests_views_reach_the_batcher_a_round_at_a_time():
     assert most == 2
 
 
+def test_a_request_of_more_than_one_round_waits_its_turn_and_one_round_never_waits():
+    from service.deployments import ShortFirst
+
+    entered = []
+
+    async def batched(item):
+        entered.append(item)
+        await asyncio.sleep(0.05)
+        return item
+
+    async def scenario():
+        priority = ShortFirst(max_wait_s=5.0)
+        with priority.short_request():  # a short request is at the model
+            long = asyncio.create_task(priority.rounds(batched, ["l1", "l2", "l3"], 2))
+            assert await priority.rounds(batched, ["s"], 2) == ["s"]  # one round: at once
+            await asyncio.sleep(0.2)
+            assert entered == ["s"]  # three items in rounds of two: it waits
+        assert await long == ["l1", "l2", "l3"]
+        # a timeline's batch is long even when it fits in one round
+        with priority.short_request():
+            windows = asyncio.create_task(priority.rounds(batched, ["w"], 2, short=False))
+            await asyncio.sleep(0.2)
+            assert "w" not in entered
+        assert await windows == ["w"]
+
+    asyncio.run(scenario())
+
+
 def test_a_timelines_rounds_wait_while_a_short_request_is_at_the_model():
     from service.deployments import ShortFirst, in_rounds
 

@@ -199,6 +199,10 @@ class ClipPlan:
     transform: FrameTransform
     times: list[float] | None = None  # key-frame clips: the time of each
 
+    def frames_to_decode(self, reader: VideoReader) -> int:
+        """How many frames reading this plan decodes (VideoReader.frames_to_decode)."""
+        return reader.frames_to_decode(sorted({i for clip in self.clips for i in clip}))
+
     def read(self, reader: VideoReader) -> DecodedClips:
         """The frames of the plan in one read, each transformed as it is decoded, as (clips, T,
         3, H, W) uint8 with what the read cost."""

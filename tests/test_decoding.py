@@ -1,0 +1,98 @@
+"""The decode replicas' plain code (service/decoding.py): costly plans in a low-priority process."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
+import torch
+
+from service.decoding import Decoder
+from service.settings import ServiceSettings
+from tests.media import write_clip
+from video.decode import OverCostLimit
+from video.sampling import SamplingSpec
+from video.views import ViewSpec
+
+SPEC = ViewSpec(sampling=SamplingSpec(num_frames=4, interval=3, num_clips=2), image_size=32)
+
+
+def settings(**overrides) -> ServiceSettings:
+    return ServiceSettings(model_path="unused.safetensors", **overrides)
+
+
+def test_a_costly_plan_is_read_in_the_low_priority_process_with_the_same_frames(tmp_path):
+    data = write_clip(tmp_path / "a.mp4", 40, size=(96, 64), gop=8).read_bytes()
+    # Every plan of more than 0.001 megapixels is costly: all go to the child.
+    low = Decoder(settings(low_priority_megapixels=0.001), low_priority=True)
+    here = Decoder(settings(low_priority_megapixels=0.001))  # low_priority=False: no child
+
+    async def scenario():
+        try:
+            for method, args in [("clips", (SPEC,)), ("keyframe_clips", (SPEC, [0.5, 2.0]))]:
+                a = await getattr(low, method)(data, *args)
+                b = await getattr(here, method)(data, *args)
+                assert a.low_priority and not b.low_priority
+                assert torch.equal(a.clips, b.clips) and a.clips.stride() == b.clips.stride()
+                assert (a.frames_decoded, a.frames_used, a.times) == (
+                    b.frames_decoded,
+                    b.frames_used,
+                    b.times,
+                )
+                assert a.decode_ms > 0 and a.wait_ms >= 0
+            if hasattr(os, "SCHED_IDLE"):
+                policy = await low.low_priority.run(os.sched_getscheduler, 0)
+                assert policy == os.SCHED_IDLE
+        finally:
+            low.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cheap_plan_stays_in_the_replica_and_one_over_the_cost_cap_fails_there(tmp_path):
+    data = write_clip(tmp_path / "a.mp4", 40, size=(320, 240), gop=40).read_bytes()
+    before = set(multiprocessing.active_children())
+
+    async def scenario():
+        # The plan decodes up to ~27 frames of 0.077 megapixels: about 2.
+        cheap = Decoder(settings(low_priority_megapixels=100), low_priority=True)
+        capped = Decoder(
+            settings(low_priority_megapixels=0.001, max_decode_megapixels=1), low_priority=True
+        )
+        try:
+            assert not (await cheap.clips(data, SPEC)).low_priority
+            off = Decoder(settings(low_priority_megapixels=0), low_priority=True)
+            assert off.low_priority is None and not (await off.clips(data, SPEC)).low_priority
+            with pytest.raises(OverCostLimit, match="megapixels"):
+                await capped.clips(data, SPEC)
+            # neither started a child process
+            assert set(multiprocessing.active_children()) == before
+        finally:
+            cheap.close()
+            capped.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_low_priority_process_that_dies_fails_its_decode_and_the_next_starts_afresh(tmp_path):
+    data = write_clip(tmp_path / "a.mp4", 20, size=(64, 48)).read_bytes()
+    decoder = Decoder(settings(low_priority_megapixels=0.001), low_priority=True)
+
+    async def scenario():
+        try:
+            child = await decoder.low_priority.run(os.getpid)
+            assert child != os.getpid()
+            os.kill(child, signal.SIGKILL)
+            with pytest.raises(BrokenProcessPool):
+                await decoder.clips(data, SPEC)
+            decoded = await decoder.clips(data, SPEC)
+            assert decoded.low_priority and decoded.clips.shape[:2] == (2, 4)
+            assert await decoder.low_priority.run(os.getpid) not in (child, os.getpid())
+        finally:
+            decoder.close()
+
+    asyncio.run(scenario())
