@@ -160,6 +160,8 @@ async def main(args) -> dict:
             r = await client.post(url + q, content=heavy_bytes,
                                   headers={"content-type": "video/mp4"})  # fmt: skip
             alone = time.perf_counter() - sent
+            if r.status_code != 200:
+                raise SystemExit(f"the cost-cap request alone got {r.status_code}: {r.text[:300]}")
             report["cost_cap_alone"] = {"status": r.status_code, "seconds": alone,
                                         "timings": r.json().get("timings")}  # fmt: skip
             every = args.cost_cap_every or alone / args.cost_cap_share

@@ -210,6 +210,10 @@ class Decoder:
         low = low_priority and costly > 0 and self.device == "cpu"
         self.low_priority_pixels = costly * 1e6 if low else None
         self.low_priority = LowPriority() if low else None
+        # decode_timeout_s is wall-clock time, and the child runs when cores are free: under
+        # load a valid video would time out as "too slow to decode". It has the request's own
+        # deadline instead (past it the request is a 504 anyway).
+        self.low_priority_limits = replace(self.limits, timeout_s=settings.request_timeout_s)
 
     def _costly(self, plan: ClipPlan, reader: VideoReader) -> bool:
         """Whether the plan goes to the low-priority process: over low_priority_megapixels, and
@@ -234,7 +238,7 @@ class Decoder:
         if low:
             handed_over = done
             started, out, done = await self.low_priority.run(
-                _read_plan_in_child, data, self.limits, self.device, make_plan
+                _read_plan_in_child, data, self.low_priority_limits, self.device, make_plan
             )
             out = replace(out, clips=torch.from_numpy(out.clips).permute(0, 1, 4, 2, 3))
             wait_s += started - handed_over
