@@ -151,6 +151,7 @@ def measure(args) -> dict:
                 for _ in range(2):  # warm the whole path
                     (r := await client.post(url, **post)).raise_for_status()
                 body = r.json()
+                await asyncio.to_thread(settle)
                 procs = {p.pid: p for p in psutil.process_iter(["name"])}
                 before = {pid: sum(p.cpu_times()[:2]) for pid, p in procs.items()}
                 latencies = []
@@ -197,6 +198,17 @@ def measure(args) -> dict:
         "cpu_s_per_video": {k: round(v / n, 3) for k, v in sorted(cpu.items()) if v > 0.05 * n},
         "timings": body["timings"],
     }
+
+
+def settle(busy: float = 15.0, longest_s: float = 120.0) -> None:
+    """Wait until the machine is quiet (a second under `busy` % CPU, at most `longest_s`): what
+    replicas do once at start (a decode replica's low-priority child importing torch at idle
+    priority, say) is not the steady state being measured."""
+    import psutil
+
+    end = time.monotonic() + longest_s
+    while psutil.cpu_percent(interval=1.0) >= busy and time.monotonic() < end:
+        pass
 
 
 def spread(values: list[float], digits: int = 3) -> dict:

@@ -20,9 +20,11 @@ its replica's event loop and the normal decodes with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -138,13 +140,20 @@ def _read_plan_in_child(*args) -> tuple[float, DecodedClips, float]:
     return started, replace(out, clips=out.clips.permute(0, 1, 3, 4, 2).numpy()), done
 
 
-def lowest_priority() -> None:
-    """This process at SCHED_IDLE (Linux: its thread runs only on a core nothing else wants; the
-    threads it starts inherit that), else at nice 19; and one torch thread."""
+def lower_priority(pid: int = 0) -> None:
+    """Process `pid` (0: this one) at SCHED_IDLE (Linux: it runs only on a core nothing else
+    wants; the threads it starts inherit that), else at nice 19."""
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
-        os.nice(19)
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+
+
+def lowest_priority() -> None:
+    """The low-priority child's initializer: lowest priority (already set by its parent where it
+    could) and one torch thread."""
+    lower_priority()
     torch.set_num_threads(1)
 
 
@@ -154,34 +163,48 @@ class LowPriority:
     Started on first use, or by `start` (a decode replica starts it with itself, so that its
     memory is there from the beginning and the first costly video does not wait for it). A
     child that dies (a crash in FFmpeg, the OOM killer) fails the decode it was running, and
-    the next one starts a fresh child."""
+    the next one starts a fresh child.
+
+    The child is lowered by its parent as soon as it exists: its imports (torch, PyAV, 5 to 12
+    core-s on a small VM) come before its initializer, and at normal priority they took the
+    requests' cores while a replica started."""
 
     def __init__(self):
         self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # spawn: forking a process that runs threads (Ray's, the decode workers) is unsafe.
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(1, context, initializer=lowest_priority)
-        return self._pool
+        with self._lock:
+            if self._pool is None:
+                # spawn: forking a process that runs threads (Ray's, the decode workers) is
+                # unsafe.
+                context = multiprocessing.get_context("spawn")
+                pool = ProcessPoolExecutor(1, context, initializer=lowest_priority)
+                before = set(multiprocessing.active_children())
+                pool.submit(os.getpid)  # a spawn pool starts its process in the first submit
+                for child in set(multiprocessing.active_children()) - before:
+                    lower_priority(child.pid)
+                self._pool = pool
+            return self._pool
 
     def start(self) -> None:
         """Start the child now, without waiting for it to be ready (its imports take seconds)."""
-        self._executor().submit(os.getpid)
+        self._executor()
 
     async def run(self, fn: Callable, *args):
         pool = self._executor()
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
         except BrokenProcessPool:
-            if self._pool is pool:
-                self._pool = None
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None
             raise
 
     def close(self) -> None:
-        if self._pool is not None:
+        with self._lock:
             pool, self._pool = self._pool, None
+        if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from service.decoding import Decoder
+from service.decoding import Decoder, LowPriority
 from service.settings import ServiceSettings
 from tests.media import write_clip
 from video.decode import DecodeTimeout, OverCostLimit
@@ -101,3 +101,20 @@ def test_a_low_priority_process_that_dies_fails_its_decode_and_the_next_starts_a
             decoder.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_the_low_priority_process_is_idle_from_its_start_and_the_replica_is_not():
+    # Its imports take seconds: checked at once, the child is still importing, so the policy
+    # is its parent's doing, not the initializer's.
+    before = set(multiprocessing.active_children())
+    low = LowPriority()
+    try:
+        low.start()
+        (child,) = set(multiprocessing.active_children()) - before
+        assert os.sched_getscheduler(child.pid) == os.SCHED_IDLE
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+        assert all(os.sched_getscheduler(t) != os.SCHED_IDLE for t in threads)
+        assert asyncio.run(low.run(os.getpid)) == child.pid
+    finally:
+        low.close()
