@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import pickle
 import signal
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
@@ -12,7 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from service.decoding import Decoder, LowPriority
+from service.decoding import Decoded, Decoder, LowPriority
 from service.settings import ServiceSettings
 from tests.media import write_clip
 from video.decode import DecodeTimeout, OverCostLimit
@@ -118,3 +119,18 @@ def test_the_low_priority_process_is_idle_from_its_start_and_the_replica_is_not(
         assert asyncio.run(low.run(os.getpid)) == child.pid
     finally:
         low.close()
+
+
+def test_decoded_clips_cross_processes_out_of_band_and_come_back_the_same():
+    # Channels-last clips, as decoding makes them: (C, T, 3, H, W) over (C, T, H, W, 3) memory.
+    clips = torch.randint(0, 256, (3, 4, 10, 12, 3), dtype=torch.uint8).permute(0, 1, 4, 2, 3)
+    decoded = Decoded(clips, None, 40, 12, False, 5.0, 0.1, "r1", low_priority=True)
+    buffers = []
+    data = pickle.dumps(decoded, protocol=5, buffer_callback=buffers.append)
+    assert len(data) < 1000 and sum(b.raw().nbytes for b in buffers) == clips.numel()
+    # As Ray's object store hands them back: read-only memory.
+    readonly = [memoryview(bytes(b.raw())) for b in buffers]
+    back = pickle.loads(data, buffers=readonly)
+    assert torch.equal(back.clips, clips) and back.clips.stride() == clips.stride()
+    assert replace(back, clips=None) == replace(decoded, clips=None)
+    back.clips[0, 0, 0, 0, 0] = 7  # its own writable copy, not the store's memory

@@ -489,6 +489,31 @@ def test_unreferenced_frames_are_skipped_and_wanted_frames_are_exact(name, b_fra
             assert decoded < targets[-1] + 1, (name, threads, decoded)
 
 
+def test_a_first_read_from_the_start_goes_on_from_the_opening_decode():
+    """Opening decodes the first frame; a first read that starts there continues that decode
+    (no second seek, frame 0 decoded once, unreferenced frames still skipped) and gives the
+    same frames as a read that seeks. A first read that starts at a later keyframe seeks."""
+    path = packaged_clip("bikes.mp4")  # H.264 with B-frames, keyframes after frame 0
+    reference = every_frame(path)
+    with VideoReader(path, DecodeLimits(threads=1)) as reader:
+        assert (reader.seeks, reader.frames_decoded) == (1, 1)
+        targets = [0, 9, 20]
+        first = reader.read(targets)
+        assert reader.seeks == 1
+        resumed = reader.frames_decoded  # the opening's frame and the read's
+        again = reader.read(targets)
+        # The read that seeks decodes as many: the resumed one skipped the same B-frames.
+        assert reader.seeks == 2 and reader.frames_decoded - resumed == resumed < 21
+    assert torch.equal(first, again)
+    for k, i in enumerate(targets):
+        assert np.array_equal(first[k].permute(1, 2, 0).numpy(), reference[i]), i
+    with VideoReader(path, DecodeLimits(threads=1)) as reader:
+        late = reader.keyframes[1]
+        frames = reader.read([late + 1])
+        assert reader.seeks == 2
+        assert np.array_equal(frames[0].permute(1, 2, 0).numpy(), reference[late + 1])
+
+
 def zero_packet(path: Path, index: int) -> bytes:
     """The file's bytes with the payload of its `index`-th video packet zeroed (its 4-byte
     NAL length kept), as a damaged download or disk would leave it."""
