@@ -185,18 +185,24 @@ def lowest_priority() -> None:
 class LowPriority:
     """One child process, at the lowest CPU priority, that runs costly decodes one at a time.
 
-    Started on first use, or by `start` (a decode replica starts it with itself, so that its
-    memory is there from the beginning and the first costly video does not wait for it). A
-    child that dies (a crash in FFmpeg, the OOM killer) fails the decode it was running, and
-    the next one starts a fresh child.
+    Started by the first costly decode, and closed once none has come for `idle_s`: an idle
+    child is about 800 MB of resident memory (it imports torch) per decode replica, and on our
+    2-core VM its mere presence cost the normal requests 5-10% of their throughput (the
+    hypervisor's proactive reclaim of cold memory faulted the other processes' pages; see
+    benchmarks/README.md). A child that dies (a crash in FFmpeg, the OOM killer) fails the
+    decode it was running, and the next one starts a fresh child.
 
     The child is lowered by its parent as soon as it exists: its imports (torch, PyAV, 5 to 12
     core-s on a small VM) come before its initializer, and at normal priority they took the
-    requests' cores while a replica started."""
+    requests' cores. So the first costly decode after a quiet spell waits for them, on the
+    cycles the other requests leave."""
 
-    def __init__(self):
+    def __init__(self, idle_s: float = 60.0):
+        self.idle_s = idle_s
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._running = 0
+        self._retire: asyncio.TimerHandle | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -212,19 +218,32 @@ class LowPriority:
                 self._pool = pool
             return self._pool
 
+    @property
+    def started(self) -> bool:
+        return self._pool is not None
+
     def start(self) -> None:
         """Start the child now, without waiting for it to be ready (its imports take seconds)."""
         self._executor()
 
     async def run(self, fn: Callable, *args):
+        loop = asyncio.get_running_loop()
+        if self._retire is not None:
+            self._retire.cancel()
+            self._retire = None
+        self._running += 1
         pool = self._executor()
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+            return await loop.run_in_executor(pool, fn, *args)
         except BrokenProcessPool:
             with self._lock:
                 if self._pool is pool:
                     self._pool = None
             raise
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._retire = loop.call_later(self.idle_s, self.close)
 
     def close(self) -> None:
         with self._lock:

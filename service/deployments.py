@@ -65,10 +65,6 @@ class DecodeDeployment:
             gpu=bool(assigned_gpus()),
             low_priority=True,
         )
-        if self.decoder.low_priority is not None:
-            # Now, not at the first costly video: its start-up and memory belong to the
-            # replica's.
-            self.decoder.low_priority.start()
         logging.getLogger("ray.serve").info(
             "decoder %s: %d worker(s), device %s", self.decoder.name, s.decode_workers,
             self.decoder.device,

@@ -134,3 +134,30 @@ def test_decoded_clips_cross_processes_out_of_band_and_come_back_the_same():
     assert torch.equal(back.clips, clips) and back.clips.stride() == clips.stride()
     assert replace(back, clips=None) == replace(decoded, clips=None)
     back.clips[0, 0, 0, 0, 0] = 7  # its own writable copy, not the store's memory
+
+
+def test_the_low_priority_process_starts_with_the_first_costly_decode_and_retires_when_idle(
+    tmp_path,
+):
+    data = write_clip(tmp_path / "a.mp4", 40, size=(96, 64), gop=8).read_bytes()
+    decoder = Decoder(settings(low_priority_megapixels=0.001), low_priority=True)
+    decoder.low_priority.idle_s = 0.5
+    before = set(multiprocessing.active_children())
+
+    async def scenario():
+        assert not decoder.low_priority.started  # no idle child with a fresh replica
+        assert (await decoder.clips(data, SPEC)).low_priority
+        (child,) = set(multiprocessing.active_children()) - before
+        await asyncio.sleep(0.2)  # within idle_s: the same child decodes the next one
+        assert (await decoder.clips(data, SPEC)).low_priority
+        assert await decoder.low_priority.run(os.getpid) == child.pid
+        await asyncio.sleep(1.0)
+        assert not decoder.low_priority.started
+        child.join(timeout=10)
+        assert not child.is_alive()
+        assert (await decoder.clips(data, SPEC)).low_priority  # and a new one after that
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        decoder.close()
