@@ -167,9 +167,11 @@ def measure(args) -> dict:
                 await asyncio.gather(*(client_loop(per) for _ in range(args.concurrency)))
                 seconds = time.perf_counter() - t
                 cpu = defaultdict(float)
-                for pid, p in procs.items():
+                # Processes started meanwhile (a decode replica's low-priority child) count
+                # from zero.
+                for p in psutil.process_iter(["name"]):
                     try:
-                        used = sum(p.cpu_times()[:2]) - before[pid]
+                        used = sum(p.cpu_times()[:2]) - before.get(p.pid, 0.0)
                     except psutil.Error:
                         continue
                     name = p.info["name"] or "?"

@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 
@@ -201,7 +201,9 @@ class LowPriority:
         self.idle_s = idle_s
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
-        self._running = 0
+        # The child's jobs not yet done: a request cancelled while the child decodes leaves
+        # its job running, and the child is busy until it ends.
+        self._jobs: set[Future] = set()
         self._retire: asyncio.TimerHandle | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -212,7 +214,11 @@ class LowPriority:
                 context = multiprocessing.get_context("spawn")
                 pool = ProcessPoolExecutor(1, context, initializer=lowest_priority)
                 before = set(multiprocessing.active_children())
-                pool.submit(os.getpid)  # a spawn pool starts its process in the first submit
+                try:
+                    pool.submit(os.getpid)  # a spawn pool starts its process in the first submit
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
                 for child in set(multiprocessing.active_children()) - before:
                     lower_priority(child.pid)
                 self._pool = pool
@@ -223,27 +229,56 @@ class LowPriority:
         return self._pool is not None
 
     def start(self) -> None:
-        """Start the child now, without waiting for it to be ready (its imports take seconds)."""
+        """Start the child now, without waiting for it to be ready (its imports take seconds).
+        It retires like one started by `run`, `idle_s` after the next job."""
         self._executor()
 
     async def run(self, fn: Callable, *args):
         loop = asyncio.get_running_loop()
         if self._retire is not None:
             self._retire.cancel()
-            self._retire = None
-        self._running += 1
-        pool = self._executor()
+        self._retire = None
+        pool = None
         try:
-            return await loop.run_in_executor(pool, fn, *args)
-        except BrokenProcessPool:
+            pool = self._executor()
+            try:
+                job = pool.submit(fn, *args)
+            except BrokenProcessPool:
+                # The child died while idle (the OOM killer, say): this job never ran there,
+                # so it runs in a fresh one.
+                self._forget(pool)
+                pool = self._executor()
+                job = pool.submit(fn, *args)
             with self._lock:
-                if self._pool is pool:
-                    self._pool = None
+                self._jobs.add(job)
+            job.add_done_callback(self._job_done)
+            return await asyncio.wrap_future(job)
+        except BrokenProcessPool:
+            self._forget(pool)
             raise
         finally:
-            self._running -= 1
-            if not self._running:
-                self._retire = loop.call_later(self.idle_s, self.close)
+            if self._retire is not None:  # another run's, armed before this one ended
+                self._retire.cancel()
+            self._retire = loop.call_later(self.idle_s, self._retire_if_idle)
+
+    def _forget(self, pool: ProcessPoolExecutor | None) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+
+    def _job_done(self, job: Future) -> None:
+        with self._lock:
+            self._jobs.discard(job)
+
+    def _retire_if_idle(self) -> None:
+        """Close the child once no job has come for idle_s and none is still running."""
+        with self._lock:
+            busy = bool(self._jobs)
+        if busy:
+            self._retire = asyncio.get_running_loop().call_later(self.idle_s, self._retire_if_idle)
+        else:
+            self._retire = None
+            self.close()
 
     def close(self) -> None:
         with self._lock:
