@@ -360,13 +360,18 @@ def build_app(args: dict) -> serve.Application:
     # Ray counts a request against the ingress from the moment it arrives, body still being
     # read: room for every body being received and every admitted request, plus health checks,
     # so the app's own 503s (max_uploads, max_pending_requests) are what clients see. Past
-    # that, Ray queues at most a few more and answers 503 itself.
+    # that, Ray queues at most a few more and answers 503 itself. Its router also holds a
+    # burst of new requests while it asks the replicas how busy they are: a burst of more than
+    # INGRESS_HEADROOM at once can meet Ray's 503 (text/plain) before the app's. That one says
+    # Retry-After as well. (The queue stays short: a queued request's body is already being
+    # buffered by Ray's proxy, with no limit of ours on it yet.)
     ingress = Ingress.options(
         max_ongoing_requests=s.max_uploads
         + s.max_pending_requests
         + s.max_timelines
         + INGRESS_HEADROOM,
         max_queued_requests=INGRESS_HEADROOM,
+        backpressure_config={"status_code": 503, "retry_after_s": 1},
         ray_actor_options={"num_cpus": s.ingress_cpus},
     )
     return ingress.bind(decoder, model, settings)
