@@ -131,7 +131,10 @@ async def main(args) -> dict:
     from service.server import start, stop
 
     overrides = dict(kv.split("=", 1) for kv in args.set)
-    settings = ServiceSettings(model_path=str(args.model), **overrides)
+    from service.server import local_defaults
+
+    # The settings the app runs with (`start` fills in the local defaults, decode_replicas).
+    settings = ServiceSettings(**local_defaults({"model_path": str(args.model), **overrides}))
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     clip = write_clips(work / "clips")[0].read_bytes()
     heavy, heavy_frames = cost_cap_video(work / "cost_cap.mp4", settings)
@@ -152,18 +155,27 @@ async def main(args) -> dict:
             ]
             report["unloaded_p95_s"] = p95(unloaded)
             report["unloaded_stage_p95_s"] = stage_p95s(unloaded_stages)
-            report["memory_before_mb"] = rss_mb()
-            # One cost-cap request alone: how long it holds the machine, and so how often one
-            # can come for the mix to stay a load the machine can carry (--cost-cap-share).
+            # A cost-cap request alone: how long it holds the machine, and so how often one can
+            # come for the mix to stay a load the machine can carry (--cost-cap-share). Sent
+            # once per decode replica and the fastest kept: the first costly decode of a
+            # replica also starts its low-priority child (its imports), which the mix then
+            # finds running.
             q = f"?temporal_clips={settings.max_views}"
-            sent = time.perf_counter()
-            r = await client.post(url + q, content=heavy_bytes,
-                                  headers={"content-type": "video/mp4"})  # fmt: skip
-            alone = time.perf_counter() - sent
-            if r.status_code != 200:
-                raise SystemExit(f"the cost-cap request alone got {r.status_code}: {r.text[:300]}")
-            report["cost_cap_alone"] = {"status": r.status_code, "seconds": alone,
-                                        "timings": r.json().get("timings")}  # fmt: skip
+            alone = float("inf")
+            for _ in range(settings.decode_replicas):
+                sent = time.perf_counter()
+                r = await client.post(url + q, content=heavy_bytes,
+                                      headers={"content-type": "video/mp4"})  # fmt: skip
+                if r.status_code != 200:
+                    raise SystemExit(
+                        f"the cost-cap request alone got {r.status_code}: {r.text[:300]}"
+                    )
+                if time.perf_counter() - sent < alone:
+                    alone = time.perf_counter() - sent
+                    report["cost_cap_alone"] = {"status": r.status_code, "seconds": alone,
+                                                "timings": r.json().get("timings")}  # fmt: skip
+            # Memory before the mix, as the mix finds the replicas (children started).
+            report["memory_before_mb"] = rss_mb()
             every = args.cost_cap_every or alone / args.cost_cap_share
             report["cost_cap_every_s"] = every
 
