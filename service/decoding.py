@@ -175,9 +175,9 @@ def lower_priority(pid: int = 0) -> None:
             os.setpriority(os.PRIO_PROCESS, pid, 19)
 
 
-def lowest_priority() -> None:
-    """The low-priority child's initializer: lowest priority (already set by its parent where it
-    could) and one torch thread."""
+def _setup_child() -> None:
+    """The low-priority child's initializer: one torch thread, and its priority lowered again
+    in case its parent could not find it among its children."""
     lower_priority()
     torch.set_num_threads(1)
 
@@ -212,7 +212,7 @@ class LowPriority:
                 # spawn: forking a process that runs threads (Ray's, the decode workers) is
                 # unsafe.
                 context = multiprocessing.get_context("spawn")
-                pool = ProcessPoolExecutor(1, context, initializer=lowest_priority)
+                pool = ProcessPoolExecutor(1, context, initializer=_setup_child)
                 before = set(multiprocessing.active_children())
                 try:
                     pool.submit(os.getpid)  # a spawn pool starts its process in the first submit
