@@ -1,7 +1,8 @@
 """Where one /classify request's CPU goes, process by process, on the real Ray app.
 
-Requests are sent one at a time (no contention between them), after the app has settled, and
-each process's CPU time, and each replica's page faults, are divided by the number of requests:
+Requests are sent one at a time (no contention between them; `--concurrency N`: N clients, the
+load of bench_service.py), after the app has settled, and each process's CPU time, and each
+replica's page faults, are divided by the number of requests:
 
     python benchmarks/cpu_by_process.py --video .gpu/bbb10.mp4 --set low_priority_megapixels=0
 
@@ -19,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video", type=Path, required=True)
     parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=1, help="clients sending at once")
     parser.add_argument("--views", default="3x3", help="temporal clips x spatial crops")
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="VALUE as JSON"
@@ -81,8 +84,9 @@ def main() -> None:
                 client.post(url, **post).raise_for_status()
             settle()
             stat, before, t = cpu_stat(), process_times(psutil), time.perf_counter()
-            for _ in range(n):
-                client.post(url, **post).raise_for_status()
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                for r in pool.map(lambda _: client.post(url, **post), range(n)):
+                    r.raise_for_status()
             wall = time.perf_counter() - t
             after, stat = (
                 process_times(psutil),
@@ -98,6 +102,7 @@ def main() -> None:
     ticks = 1000 / os.sysconf("SC_CLK_TCK")  # ms per clock tick of /proc/stat
     result = {
         "settings": args.set,
+        "concurrency": args.concurrency,
         "wall_ms_per_video": round(wall / n * 1e3),
         "cpu_ms_per_video": {k: round(v / n * 1e3) for k, v in cpu.most_common() if v / n > 5e-3},
         "total_cpu_ms_per_video": round(sum(cpu.values()) / n * 1e3),

@@ -176,3 +176,33 @@ def test_the_low_priority_process_starts_with_the_first_costly_decode_and_retire
         asyncio.run(scenario())
     finally:
         decoder.close()
+
+
+def test_freed_memory_is_handed_back_only_once_the_process_has_grown(monkeypatch):
+    import service.decoding as decoding
+
+    class Libc:
+        trims = 0
+
+        def malloc_trim(self, pad):
+            self.trims += 1
+
+    libc, rss = Libc(), [0]
+    monkeypatch.setattr(decoding, "_LIBC", libc)
+    monkeypatch.setattr(decoding, "_rss_after_trim", 0)
+    monkeypatch.setattr(decoding, "_resident_bytes", lambda: rss[0])
+    mb = 2**20
+    rss[0] = 500 * mb  # the first request: trims, and what is left is the reference
+    decoding.release_free_memory(keep=64 * mb)
+    assert libc.trims == 1
+    for grown in (10, 64, 30):  # requests reusing what the last one freed: no trim
+        rss[0] = (500 + grown) * mb
+        decoding.release_free_memory(keep=64 * mb)
+    assert libc.trims == 1
+    rss[0] = 565 * mb  # a bigger video left more than `keep` behind
+    decoding.release_free_memory(keep=64 * mb)
+    assert libc.trims == 2
+    assert decoding._rss_after_trim == 565 * mb  # (the fake's trim frees nothing)
+    monkeypatch.setattr(decoding, "_resident_bytes", lambda: None)  # unreadable: always trims
+    decoding.release_free_memory(keep=64 * mb)
+    assert libc.trims == 3
