@@ -2,7 +2,8 @@
 
 Requests are sent one at a time (no contention between them; `--concurrency N`: N clients, the
 load of bench_service.py), after the app has settled, and each process's CPU time, and each
-replica's page faults, are divided by the number of requests:
+replica's page faults, are divided by the number of requests (so is the wall time: with N
+clients, wall_ms_per_video is the inverse of the throughput, not a request's latency):
 
     python benchmarks/cpu_by_process.py --video .gpu/bbb10.mp4 --set low_priority_megapixels=0
 
@@ -62,6 +63,8 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.concurrency < 1 or args.requests < 1:
+        parser.error("--concurrency and --requests must be >= 1")
 
     import httpx
 
@@ -80,13 +83,17 @@ def main() -> None:
     n = args.requests
     try:
         with httpx.Client(timeout=600) as client:
-            for _ in range(2):  # warm the whole path
-                client.post(url, **post).raise_for_status()
+
+            def send(count: int) -> None:
+                """`count` requests from args.concurrency clients (threads) at once."""
+                with ThreadPoolExecutor(args.concurrency) as pool:
+                    for r in pool.map(lambda _: client.post(url, **post), range(count)):
+                        r.raise_for_status()
+
+            send(max(2, args.concurrency))  # warm the whole path
             settle()
             stat, before, t = cpu_stat(), process_times(psutil), time.perf_counter()
-            with ThreadPoolExecutor(args.concurrency) as pool:
-                for r in pool.map(lambda _: client.post(url, **post), range(n)):
-                    r.raise_for_status()
+            send(n)
             wall = time.perf_counter() - t
             after, stat = (
                 process_times(psutil),

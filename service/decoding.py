@@ -101,33 +101,38 @@ def decode_limits(settings: ServiceSettings, threads: int = 1) -> DecodeLimits:
 
 # Freed memory a process keeps for its next requests (see release_free_memory).
 KEEP_FREED_BYTES = 64 * 2**20
-_rss_after_trim = 0
+_floor: int | None = None  # the least anonymous memory measured right after a trim
 
 
 def release_free_memory(keep: int = KEEP_FREED_BYTES) -> None:
-    """Hand the heap's free pages back to the OS (glibc's malloc_trim; elsewhere nothing) once
-    the process has grown by more than `keep` bytes since it last did.
+    """Hand the heap's free pages back to the OS (glibc's malloc_trim; elsewhere nothing)
+    when the process holds more than `keep` bytes of anonymous memory above the least it has
+    held right after a trim.
 
     A decode allocates and frees hundreds of MB of frame buffers (a 4K frame is 12 MB as RGB);
     glibc keeps freed memory for reuse, so after a burst of large videos a replica stayed
     gigabytes bigger. Trimming after every request cost a 1080p one 15-40 ms of a core (the
     next request faulted the same 20-40 MB back in: 3-7k page faults), so requests that reuse
-    what the last one freed leave it alone. (Called from several decode threads at once, a race
-    at worst trims twice.)"""
-    global _rss_after_trim
+    what the last one freed leave it alone. The reference only goes down, so memory that was
+    in use at one trim (another thread's video) is handed back at a later one once freed."""
+    global _floor
     if _LIBC is None:
         return
-    rss = _resident_bytes()
-    if rss is None or rss - _rss_after_trim > keep:
+    held = _anonymous_bytes()
+    if held is None or _floor is None or held - _floor > keep:
         _LIBC.malloc_trim(0)
-        _rss_after_trim = _resident_bytes() or 0
+        after = _anonymous_bytes()
+        if after is not None:
+            _floor = after if _floor is None else min(_floor, after)
 
 
-def _resident_bytes() -> int | None:
-    """This process's resident memory (Linux /proc), or None where it cannot be read."""
+def _anonymous_bytes() -> int | None:
+    """This process's resident memory less its shared pages (files, Ray's object store),
+    which malloc_trim cannot hand back (Linux /proc); None where it cannot be read."""
     try:
         with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            fields = f.read().split()
+        return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
 

@@ -186,23 +186,41 @@ def test_freed_memory_is_handed_back_only_once_the_process_has_grown(monkeypatch
 
         def malloc_trim(self, pad):
             self.trims += 1
+            held[0] = held_after_trim[0]
 
-    libc, rss = Libc(), [0]
+    libc, held, held_after_trim = Libc(), [0], [0]
     monkeypatch.setattr(decoding, "_LIBC", libc)
-    monkeypatch.setattr(decoding, "_rss_after_trim", 0)
-    monkeypatch.setattr(decoding, "_resident_bytes", lambda: rss[0])
-    mb = 2**20
-    rss[0] = 500 * mb  # the first request: trims, and what is left is the reference
-    decoding.release_free_memory(keep=64 * mb)
+    monkeypatch.setattr(decoding, "_floor", None)
+    monkeypatch.setattr(decoding, "_anonymous_bytes", lambda: held[0])
+    mb, keep = 2**20, 64 * 2**20
+
+    def request(holding: int, after_trim: int) -> None:
+        held[0], held_after_trim[0] = holding * mb, after_trim * mb
+        decoding.release_free_memory(keep=keep)
+
+    request(600, after_trim=500)  # the first request trims: 500 MB is the reference
     assert libc.trims == 1
-    for grown in (10, 64, 30):  # requests reusing what the last one freed: no trim
-        rss[0] = (500 + grown) * mb
-        decoding.release_free_memory(keep=64 * mb)
+    for holding in (510, 564, 530):  # requests reusing what the last one freed: no trim
+        request(holding, after_trim=500)
     assert libc.trims == 1
-    rss[0] = 565 * mb  # a bigger video left more than `keep` behind
-    decoding.release_free_memory(keep=64 * mb)
+    request(565, after_trim=500)  # a bigger video left more than `keep` behind
     assert libc.trims == 2
-    assert decoding._rss_after_trim == 565 * mb  # (the fake's trim frees nothing)
-    monkeypatch.setattr(decoding, "_resident_bytes", lambda: None)  # unreadable: always trims
-    decoding.release_free_memory(keep=64 * mb)
-    assert libc.trims == 3
+    # A trim while another thread's 800 MB video is in use does not raise the reference: once
+    # that is freed (glibc keeps it: still held), the next request hands it back.
+    request(1400, after_trim=1300)
+    request(1300, after_trim=500)
+    assert libc.trims == 4 and decoding._floor == 500 * mb
+    monkeypatch.setattr(decoding, "_anonymous_bytes", lambda: None)  # unreadable: always trims
+    decoding.release_free_memory(keep=keep)
+    assert libc.trims == 5
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="Linux /proc")
+def test_anonymous_memory_is_read_and_counts_what_this_process_allocates():
+    import service.decoding as decoding
+
+    before = decoding._anonymous_bytes()
+    block = bytearray(256 * 2**20)  # zero-filled: its pages are resident
+    grown = decoding._anonymous_bytes() - before
+    del block
+    assert 200 * 2**20 < grown < 400 * 2**20
