@@ -159,7 +159,8 @@ async def main(args) -> dict:
             # come for the mix to stay a load the machine can carry (--cost-cap-share). The
             # first costly decode of a decode replica also starts its low-priority child,
             # which a steady mix (one every 35-55 s, within the child's 60 s) finds running:
-            # one request per replica at once starts them all, then one alone is timed.
+            # requests at once until every replica has answered one (Ray's router may send two
+            # sent together to the same replica), then one alone is timed.
             q = f"?temporal_clips={settings.max_views}"
 
             async def cost_cap() -> tuple[float, httpx.Response]:
@@ -172,7 +173,16 @@ async def main(args) -> dict:
                     )
                 return time.perf_counter() - sent, r
 
-            await asyncio.gather(*(cost_cap() for _ in range(settings.decode_replicas)))
+            started: set[str] = set()
+            for _ in range(4):
+                answers = await asyncio.gather(
+                    *(cost_cap() for _ in range(settings.decode_replicas - len(started)))
+                )
+                started |= {r.json()["decoder"]["replica"] for _, r in answers}
+                if len(started) == settings.decode_replicas:
+                    break
+            else:
+                raise SystemExit(f"cost-cap requests reached {len(started)} decode replicas only")
             alone, r = await cost_cap()
             report["cost_cap_alone"] = {"status": r.status_code, "seconds": alone,
                                         "timings": r.json().get("timings")}  # fmt: skip
