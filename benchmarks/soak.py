@@ -128,11 +128,9 @@ def stage_p95s(stages: list[dict]) -> dict[str, float]:
 
 
 async def main(args) -> dict:
-    from service.server import start, stop
+    from service.server import local_defaults, start, stop
 
     overrides = dict(kv.split("=", 1) for kv in args.set)
-    from service.server import local_defaults
-
     # The settings the app runs with (`start` fills in the local defaults, decode_replicas).
     settings = ServiceSettings(**local_defaults({"model_path": str(args.model), **overrides}))
     work = Path(tempfile.mkdtemp(prefix="soak-"))

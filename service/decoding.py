@@ -256,16 +256,9 @@ class LowPriority:
     def started(self) -> bool:
         return self._pool is not None
 
-    def start(self) -> None:
-        """Start the child now, without waiting for it to be ready (its imports take seconds).
-        It retires like one started by `run`, `idle_s` after the next job."""
-        self._executor()
-
     async def run(self, fn: Callable, *args):
+        # A retirement that comes due while this job runs finds it in _jobs and waits on.
         loop = asyncio.get_running_loop()
-        if self._retire is not None:
-            self._retire.cancel()
-        self._retire = None
         pool = None
         try:
             pool = self._executor()
