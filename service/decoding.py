@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -126,11 +128,11 @@ def release_free_memory(keep: int = KEEP_FREED_BYTES) -> None:
             _floor = after if _floor is None else min(_floor, after)
 
 
-def _anonymous_bytes() -> int | None:
-    """This process's resident memory less its shared pages (files, Ray's object store),
-    which malloc_trim cannot hand back (Linux /proc); None where it cannot be read."""
+def _anonymous_bytes(pid: int | str = "self") -> int | None:
+    """A process's resident memory less its shared pages (files, Ray's object store), which
+    malloc_trim cannot hand back (Linux /proc); None where it cannot be read."""
     try:
-        with open("/proc/self/statm", "rb") as f:
+        with open(f"/proc/{pid}/statm", "rb") as f:
             fields = f.read().split()
         return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
@@ -193,6 +195,11 @@ def _read_plan_in_child(*args) -> tuple[float, DecodedClips, tuple, float]:
     return started, replace(out, clips=None), to_array(out.clips), done
 
 
+# Linux's numbers (the same on x86-64 and arm64).
+_PR_SET_PDEATHSIG = 1
+_PROCESS_MRELEASE = 448
+
+
 def lower_priority(pid: int = 0) -> None:
     """Process `pid` (0: this one) at SCHED_IDLE (Linux: it runs only on a core nothing else
     wants; the threads it starts inherit that), else at nice 19."""
@@ -203,11 +210,42 @@ def lower_priority(pid: int = 0) -> None:
             os.setpriority(os.PRIO_PROCESS, pid, 19)
 
 
-def _setup_child() -> None:
-    """The low-priority child's initializer: one torch thread, and its priority lowered again
-    in case its parent could not find it among its children."""
+def _setup_child(parent: int) -> None:
+    """The low-priority child's initializer: one torch thread, its priority lowered again in
+    case its parent could not find it among its children, and killed with its parent."""
     lower_priority()
     torch.set_num_threads(1)
+    # A replica killed outright (by Ray, or the OOM killer) cannot close its pool, and its
+    # child, waiting for its next job, would hold ~800 MB for good. (Strictly, the signal
+    # comes when the thread that started the child ends: the replica's event loop thread.)
+    with contextlib.suppress(AttributeError, OSError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # its parent died while it imported, before that took effect
+        os._exit(1)
+
+
+def kill_now(process: multiprocessing.process.BaseProcess) -> None:
+    """SIGKILL a child process and hand its memory back at once, whatever its priority.
+
+    A SCHED_IDLE process frees its memory itself, on the cycles other processes leave: with
+    both cores of our VM busy, asked to exit it had not after 40 s, and killed it held its
+    436 MB of anonymous memory for 14-16 s more. process_mrelease (Linux 5.15+) frees that at
+    once, in this process's time. Raising the child's priority first would need CAP_SYS_NICE,
+    which the service does not have."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # not Linux, or gone
+        process.kill()
+        return
+    try:
+        # Checked after the pidfd is open: a child not yet reaped still owns its pid, so the
+        # pidfd is that child's and not a process that took its pid since.
+        if process.exitcode is None:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            # Fails (ENOSYS) before Linux 5.15: the child frees its memory itself, later.
+            ctypes.CDLL(None, use_errno=True).syscall(_PROCESS_MRELEASE, pidfd, 0)
+    finally:
+        os.close(pidfd)
 
 
 class LowPriority:
@@ -217,7 +255,8 @@ class LowPriority:
     child is about 800 MB of resident memory (it imports torch) per decode replica, and on our
     2-core VM its mere presence cost the normal requests 5-10% of their throughput (the
     hypervisor's proactive reclaim of cold memory faulted the other processes' pages; see
-    benchmarks/README.md). A child that dies (a crash in FFmpeg, the OOM killer) fails the
+    benchmarks/README.md). Closing kills it and frees its memory at once (`kill_now`), and it
+    dies with its replica. A child that dies (a crash in FFmpeg, the OOM killer) fails the
     decode it was running, and the next one starts a fresh child.
 
     The child is lowered by its parent as soon as it exists: its imports (torch, PyAV, 5 to 12
@@ -241,7 +280,9 @@ class LowPriority:
                 # spawn: forking a process that runs threads (Ray's, the decode workers) is
                 # unsafe.
                 context = multiprocessing.get_context("spawn")
-                pool = ProcessPoolExecutor(1, context, initializer=_setup_child)
+                pool = ProcessPoolExecutor(
+                    1, context, initializer=_setup_child, initargs=(os.getpid(),)
+                )
                 before = set(multiprocessing.active_children())
                 try:
                     pool.submit(os.getpid)  # a spawn pool starts its process in the first submit
@@ -305,23 +346,12 @@ class LowPriority:
             self.close()
 
     def close(self) -> None:
-        """A busy child finishes its job, then exits. An idle one is ended at once, at normal
-        priority: at the lowest, even its exit (handing back its memory) waited for a free core
-        for as long as other processes kept every core busy, more than 40 s in a test here;
-        raised, its orderly exit took 1.7-2.5 s and a kill none."""
+        """End the child now, with any job it runs (a retirement comes only once none does)."""
         with self._lock:
             pool, self._pool = self._pool, None
             child, self._child = self._child, None
-            busy = bool(self._jobs)
-        # Before the pool's shutdown: until it sends the child its sentinel, the child cannot
-        # exit and be reaped, so its pid is still its own.
-        if child is not None and not busy:
-            # Each of its threads (they inherited SCHED_IDLE) has to run to exit.
-            with contextlib.suppress(AttributeError, OSError):
-                for thread in os.listdir(f"/proc/{child.pid}/task"):
-                    with contextlib.suppress(OSError):
-                        os.sched_setscheduler(int(thread), os.SCHED_OTHER, os.sched_param(0))
-            child.kill()
+        if child is not None:
+            kill_now(child)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
