@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import logging
 import multiprocessing
 import os
 import signal
@@ -40,6 +41,8 @@ import torch
 from service.settings import ServiceSettings
 from video.decode import DecodeLimits, VideoReader, resolve_decode_device
 from video.views import ClipPlan, DecodedClips, ViewSpec, clips_plan, keyframe_clips_plan
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -224,26 +227,39 @@ def _setup_child(parent: int) -> None:
         os._exit(1)
 
 
-def kill_now(process: multiprocessing.process.BaseProcess) -> None:
-    """SIGKILL a child process and hand its memory back at once, whatever its priority.
+def kill_now(process: multiprocessing.process.BaseProcess) -> bool:
+    """SIGKILL a child process and hand its memory back at once, whatever its priority; False
+    where its memory is left for it to free itself.
 
     A SCHED_IDLE process frees its memory itself, on the cycles other processes leave: with
     both cores of our VM busy, asked to exit it had not after 40 s, and killed it held its
-    436 MB of anonymous memory for 14-16 s more. process_mrelease (Linux 5.15+) frees that at
-    once, in this process's time. Raising the child's priority first would need CAP_SYS_NICE,
-    which the service does not have."""
+    436 MB of anonymous memory for 14-16 s more. process_mrelease (Linux 5.15+) frees that in
+    this process's time instead: 110-140 ms for 436 MB with both cores busy, on the replica's
+    event loop once per retirement. Raising the child's priority first would need
+    CAP_SYS_NICE, which the service does not have."""
     try:
         pidfd = os.pidfd_open(process.pid)
     except (AttributeError, OSError):  # not Linux, or gone
         process.kill()
-        return
+        return False
     try:
         # Checked after the pidfd is open: a child not yet reaped still owns its pid, so the
         # pidfd is that child's and not a process that took its pid since.
-        if process.exitcode is None:
+        if process.exitcode is not None:
+            return False
+        try:
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            # Fails (ENOSYS) before Linux 5.15: the child frees its memory itself, later.
-            ctypes.CDLL(None, use_errno=True).syscall(_PROCESS_MRELEASE, pidfd, 0)
+        except ProcessLookupError:  # it died and was reaped since
+            return False
+        except OSError:  # forbidden (a seccomp profile): the plain way
+            process.kill()
+            return False
+        if ctypes.CDLL(None, use_errno=True).syscall(_PROCESS_MRELEASE, pidfd, 0) != 0:
+            # ENOSYS before Linux 5.15, EPERM where seccomp forbids it, ESRCH once the child
+            # has begun its own exit: it frees its memory itself, later.
+            _log.info("process_mrelease: %s", os.strerror(ctypes.get_errno()))
+            return False
+        return True
     finally:
         os.close(pidfd)
 
@@ -275,6 +291,8 @@ class LowPriority:
         self._child: multiprocessing.process.BaseProcess | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
+        # Called from the thread that runs the jobs (the replica's event loop): the child is
+        # killed when the thread that started it ends.
         with self._lock:
             if self._pool is None:
                 # spawn: forking a process that runs threads (Ray's, the decode workers) is
@@ -350,10 +368,12 @@ class LowPriority:
         with self._lock:
             pool, self._pool = self._pool, None
             child, self._child = self._child, None
-        if child is not None:
-            kill_now(child)
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            if child is not None:
+                kill_now(child)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Decoder:
