@@ -143,11 +143,11 @@ def _anonymous_bytes(pid: int | str = "self") -> int | None:
 
 
 def _glibc():
-    import ctypes
+    """glibc, for malloc_trim, prctl and raw syscalls; None elsewhere."""
     import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         return libc if hasattr(libc, "malloc_trim") else None
     except OSError:
         return None
@@ -221,8 +221,8 @@ def _setup_child(parent: int) -> None:
     # A replica killed outright (by Ray, or the OOM killer) cannot close its pool, and its
     # child, waiting for its next job, would hold ~800 MB for good. (Strictly, the signal
     # comes when the thread that started the child ends: the replica's event loop thread.)
-    with contextlib.suppress(AttributeError, OSError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # its parent died while it imported, before that took effect
         os._exit(1)
 
@@ -254,7 +254,7 @@ def kill_now(process: multiprocessing.process.BaseProcess) -> bool:
         except OSError:  # forbidden (a seccomp profile): the plain way
             process.kill()
             return False
-        if ctypes.CDLL(None, use_errno=True).syscall(_PROCESS_MRELEASE, pidfd, 0) != 0:
+        if _LIBC is None or _LIBC.syscall(_PROCESS_MRELEASE, pidfd, 0) != 0:
             # ENOSYS before Linux 5.15, EPERM where seccomp forbids it, ESRCH once the child
             # has begun its own exit: it frees its memory itself, later.
             _log.info("process_mrelease: %s", os.strerror(ctypes.get_errno()))

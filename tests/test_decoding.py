@@ -179,7 +179,9 @@ def free_memory_bytes() -> int:
 def has_process_mrelease() -> bool:
     """Asked about no process: EBADF where the call exists (Linux 5.15+), ENOSYS where it does
     not, EPERM where seccomp forbids it."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = decoding._LIBC
+    if libc is None:
+        return False
     return libc.syscall(decoding._PROCESS_MRELEASE, -1, 0) == -1 and ctypes.get_errno() == EBADF
 
 
