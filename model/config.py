@@ -8,6 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 TrainableSet = Literal["adapters", "full", "linear_probe", "temporal_heads"]
 Task = Literal["classify", "detect"]
+# Where the optional temporal embedding joins the tokens: this project's models add it after the
+# image tower's ln_pre (the only place before the field existed, so old files keep it); the
+# authors' code adds it before ln_pre, and their imported models record that (model/authors/).
+EmbeddingPlace = Literal["after_ln_pre", "before_ln_pre"]
 
 
 class ZeroI2VConfig(BaseModel):
@@ -33,6 +37,10 @@ class ZeroI2VConfig(BaseModel):
     adapter_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     head_dropout: float = Field(0.5, ge=0.0, lt=1.0)
     temporal_embedding: bool = False
+    temporal_embedding_place: EmbeddingPlace = "after_ln_pre"
+    # The authors' recipe also trains the final LayerNorm (adapters set only); their imported
+    # models keep it trained, so their adapter files carry it.
+    train_ln_post: bool = False
     trainable: TrainableSet = "adapters"
     task: Task = "classify"
     roi_size: int = Field(7, ge=1, description="detect: RoIAlign output side")

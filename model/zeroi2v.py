@@ -73,16 +73,23 @@ class ZeroI2V(nn.Module):
         # Clip-major: the frames of a clip adjacent. Frames take the weights' dtype (bf16 for
         # inference, model/precision.py); under autocast the weights stay fp32 and so do they.
         frames = x.transpose(1, 2).reshape(b * t, 3, h, w).to(visual.conv1.weight.dtype)
-        tokens = visual._embeds(frames)
-        if self.temporal_embedding is not None:
-            # The weights' dtype: under autocast the fp32 embedding keeps the residual stream
-            # fp32, as it always did; with a bf16 backbone it joins in bf16.
-            embedding = self.temporal_embedding[:, None].to(visual.conv1.weight.dtype)
-            tokens = tokens.view(b, t, -1, tokens.shape[-1]) + embedding
-            tokens = tokens.view(b * t, -1, tokens.shape[-1])
+        if self.temporal_embedding is None:
+            tokens = visual._embeds(frames)
+        elif self.cfg.temporal_embedding_place == "after_ln_pre":
+            tokens = self._add_temporal_embedding(visual._embeds(frames), b, t)
+        else:  # the authors' place: every token, before ln_pre
+            tokens = _embeds_before_ln_pre(visual, frames)
+            tokens = visual.ln_pre(self._add_temporal_embedding(tokens, b, t))
         patch = visual.patch_size
         grid = (h // patch[0], w // patch[1])
         return VideoTokens(visual.transformer(tokens), b, t, grid, visual)
+
+    def _add_temporal_embedding(self, tokens: torch.Tensor, b: int, t: int) -> torch.Tensor:
+        # The weights' dtype: under autocast the fp32 embedding keeps the residual stream fp32,
+        # as it always did; with a bf16 backbone it joins in bf16.
+        embedding = self.temporal_embedding[:, None].to(self.backbone.conv1.weight.dtype)
+        tokens = tokens.view(b, t, -1, tokens.shape[-1]) + embedding
+        return tokens.view(b * t, -1, tokens.shape[-1])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, T, H, W) float frames -> per-frame pooled features (B, T, width), fp32."""
@@ -105,7 +112,8 @@ class ZeroI2V(nn.Module):
     def select_trainable(self, mode: TrainableSet) -> None:
         """Set requires_grad for one of the paper's trainable sets.
 
-        adapters: adapters + head (+ temporal embedding), the ZeroI2V default.
+        adapters: adapters + head (+ temporal embedding, + ln_post with cfg.train_ln_post),
+        the ZeroI2V default.
         full: everything. linear_probe: head only.
         temporal_heads: the Q/K/V rows and output-projection columns of the temporal heads, plus
         the head. Partial tensors train through gradient masks; give those tensors weight decay
@@ -123,6 +131,8 @@ class ZeroI2V(nn.Module):
         if mode == "adapters":
             for adapter in adapters_of(self):
                 adapter.requires_grad_(True)
+            if self.cfg.train_ln_post:
+                self.backbone.ln_post.requires_grad_(True)
         elif mode == "temporal_heads":
             for attn in self.attention_layers:
                 if not attn.temporal:
@@ -175,6 +185,16 @@ def _masker(mask: torch.Tensor):
         return grad * mask.to(grad.dtype)
 
     return hook
+
+
+def _embeds_before_ln_pre(visual: VisionTransformer, frames: torch.Tensor) -> torch.Tensor:
+    """open_clip's VisionTransformer._embeds without its last step, ln_pre: patch tokens, class
+    token and position embeddings (a test holds ln_pre of this equal to _embeds)."""
+    x = visual.conv1(frames)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    return visual.patch_dropout(x)
 
 
 def to_video_backbone(visual: VisionTransformer, cfg: ZeroI2VConfig) -> VisionTransformer:
