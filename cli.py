@@ -64,6 +64,7 @@ def info(
         + (", ...)" if cfg.num_classes > 5 else ")"),
         "parameters": f"{model.count_parameters() / 1e6:.2f} M "
         f"(backbone {sum(p.numel() for p in model.backbone.parameters()) / 1e6:.2f} M)",
+        "temporal embedding": _embedding_cost(model, per_view),
         "GFLOPs per view": f"{per_view:.2f} (multiply-adds)",
         f"GFLOPs per video ({clips}x{crops} views)": f"{per_view * clips * crops:.1f}",
         "format": f"{meta.format} version {meta.format_version}",
@@ -73,6 +74,22 @@ def info(
     width = max(map(len, rows))
     for key, value in rows.items():
         typer.echo(f"{key:<{width}}  {value}")
+
+
+def _embedding_cost(model, macs_per_view: float) -> str:
+    """What the optional temporal embedding adds to the image tower, said plainly: the merged
+    model is otherwise exactly the open_clip tower."""
+    if model.temporal_embedding is None:
+        return "none: the open_clip tower's parameters and FLOPs, nothing added"
+    t, d = model.temporal_embedding.shape
+    tokens = model.backbone.positional_embedding.shape[0]
+    adds = t * tokens * d
+    place = model.cfg.temporal_embedding_place.replace("_", " ")
+    return (
+        f"{t} x {d} = {t * d:,} values, added to every token {place}: {adds:,} additions per "
+        f"clip ({adds / (macs_per_view * 1e9) * 100:.4f}% of its multiply-adds); the rest is "
+        f"the open_clip tower"
+    )
 
 
 @app.command()
@@ -128,6 +145,46 @@ def export_adapters(
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+@app.command("import")
+def import_(
+    checkpoint: Path = typer.Argument(..., help="the authors' checkpoint (.pth, mmengine)"),
+    config: str = typer.Option(
+        ...,
+        help="its mmaction2 config file (read, never run), or a built-in config's name, "
+        "e.g. CLIP-B_k400_8x16x1",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="where to write MODEL.safetensors"),
+    labels: Path = typer.Option(
+        None, help="class names, one per line [Kinetics-400 and SSv2: mmaction2's label map]"
+    ),
+    adapters: Path = typer.Option(None, help="also write the adapter file here"),
+    base: str = typer.Option(
+        "openai",
+        help="--adapters: the CLIP weights they were trained from (a file or a cached "
+        "open_clip tag)",
+    ),
+) -> None:
+    """Import a ZeroI2V checkpoint released by the paper's authors (github:MCG-NJU/ZeroI2V):
+    a merged model whose outputs are their model's, with the config's test views."""
+    from model import CheckpointError
+    from model.authors.config import AuthorsConfigError, read_config
+    from model.authors.convert import import_checkpoint
+
+    try:
+        cfg = read_config(config)
+        imported = import_checkpoint(checkpoint, cfg, out, labels, adapters, base)
+    except (AuthorsConfigError, CheckpointError) as e:
+        _fail(str(e))
+    model, pre = imported.merged, imported.preprocess
+    views = f"{pre['temporal_clips']} clip(s) x {pre['spatial_crops']} crop(s), {pre['sampling']}"
+    typer.echo(f"imported {checkpoint} ({cfg.source}): {model.cfg.backbone}, "
+               f"{model.cfg.num_frames} frames, heads {_layout(model.attention_layers[0].offsets)}"
+               f", {model.cfg.num_classes} classes ({', '.join(imported.class_names[:3])}, ...), "
+               f"test views {views}")  # fmt: skip
+    for path in (adapters, out) if adapters else (out,):
+        typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="experiment YAML (training/configs/)"),
@@ -157,15 +214,21 @@ def evaluate(
     config: Path = typer.Argument(..., help="experiment YAML naming the dataset"),
     checkpoint: Path = typer.Option(..., help="merged or adapter .safetensors, or training .pt"),
     split: str = typer.Option("val", help="train or val"),
-    clips: int = typer.Option(None, help="temporal clips (default: the config's test_clips)"),
-    crops: int = typer.Option(None, help="spatial crops, 1 or 3 (default: the config's)"),
+    clips: int = typer.Option(
+        None, help="temporal clips (default: the config's test_clips; an imported model's own)"
+    ),
+    crops: int = typer.Option(
+        None, help="spatial crops, 1 or 3 (default: the config's; an imported model's own)"
+    ),
     out: Path = typer.Option(None, help="folder for the eval JSON and PNG (and detections CSV)"),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     set_: list[str] = typer.Option([], "--set", help="config override"),
     base: str = typer.Option(None, help=BASE_HELP),
 ) -> None:
     """Multi-view evaluation: top-1, top-5, per-class accuracy, confusion matrix; for detection
-    models, frame mAP@0.5 with per-class AP (AVA protocol) and the detections as AVA CSV."""
+    models, frame mAP@0.5 with per-class AP (AVA protocol) and the detections as AVA CSV. A
+    model imported from mmaction2 is shown the views of the test protocol its checkpoint records
+    (sampling, clips, crops, normalisation), not the config's."""
     import torch
     from tqdm import tqdm
 
@@ -193,23 +256,33 @@ def evaluate(
         cfg = load_config(config, overrides)
         if is_safetensors(checkpoint):
             model = load_merged(checkpoint, device, base=base)
-            class_names = read_info(checkpoint).class_names
+            meta = read_info(checkpoint)
+            class_names, preprocess = meta.class_names, meta.preprocess
         elif base is not None:
             _fail(f"{checkpoint}: a training checkpoint names its own base; drop --base")
         else:
             model, class_names, _ = ckpt_io.rebuild_model(ckpt_io.load(checkpoint))
             model = model.to(device).eval()
+            preprocess = {}  # trained here: the config's test views
         model.cast_backbone(dtype)
         if cfg.model.task != model.cfg.task:
             _fail(f"{checkpoint} is a {model.cfg.task} model; {config} is a {cfg.model.task} setup")
-        spec = cfg.view_spec(train=False)
+        # `or None`: --clips 0 meant the default (the overrides above skip it), and still does.
+        spec = cfg.eval_view_spec(preprocess, clips or None, crops or None)
+        if spec.protocol == "mmaction2":
+            s = spec.sampling
+            typer.echo(
+                f"views: {checkpoint}'s mmaction2 test protocol ({s.kind} sampling, {s.num_clips} "
+                f"clips x {spec.spatial_crops} crops), not the config's",
+                err=True,
+            )
         if spec.sampling.num_frames != model.cfg.num_frames:
             _fail(
                 f"config samples {spec.sampling.num_frames} frames; model takes "
                 f"{model.cfg.num_frames}"
             )
         task = TASKS[cfg.model.task]
-        data, loader = task.eval_loader(cfg, split, class_names)
+        data, loader = task.eval_loader(cfg, split, class_names, spec)
         progress = lambda it: tqdm(it, desc="eval", unit="batch")  # noqa: E731
         result = task.evaluate(model, loader, data, cfg, device, progress=progress)
     except TaskError as e:

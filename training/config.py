@@ -167,6 +167,18 @@ class ExperimentConfig(_Section):
             std=std,
         )
 
+    def eval_view_spec(
+        self, preprocess: dict, clips: int | None = None, crops: int | None = None
+    ) -> ViewSpec:
+        """The views `zeroi2v eval` shows a checkpoint with this `preprocess` metadata. A model
+        imported from mmaction2 records its test protocol (sampling, clips, crops, mean/std and
+        resize), which is what its accuracy was measured with and which this config cannot
+        express: it is taken whole. Otherwise (every checkpoint trained here) this config's test
+        views. clips/crops (--clips/--crops) override the counts of either."""
+        recorded = ViewSpec.from_preprocess(preprocess)  # an unknown protocol is an error here
+        spec = recorded if recorded.protocol == "mmaction2" else self.view_spec(train=False)
+        return spec.with_views(clips, crops)
+
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML config, apply `key.sub=value` overrides (values parsed as YAML), validate."""

@@ -37,6 +37,7 @@ from training.detection import (
 )
 from training.evaluate import EvalResult, evaluate, write_report
 from training.formats.ava import write_detections
+from video.views import ViewSpec
 
 
 class TaskError(ValueError):
@@ -70,9 +71,14 @@ class TrainingTask(Protocol):
         """The numbers a run logs after an evaluation, and the line it prints."""
 
     def eval_loader(
-        self, cfg: ExperimentConfig, split: str, class_names: list[str]
+        self,
+        cfg: ExperimentConfig,
+        split: str,
+        class_names: list[str],
+        spec: ViewSpec | None = None,
     ) -> tuple[Any, DataLoader]:
-        """A split of cfg's dataset for evaluating a model trained on `class_names`."""
+        """A split of cfg's dataset for evaluating a model trained on `class_names`, seen as
+        `spec` says (None: cfg's test views; `zeroi2v eval`: ExperimentConfig.eval_view_spec)."""
 
     def write_report(self, result, out_dir: Path, name: str) -> dict[str, Path]: ...
 
@@ -109,7 +115,8 @@ class Classification:
 
     def evaluate(self, model, loader, split, cfg, device, amp=None, progress=None) -> EvalResult:
         result = evaluate(model, loader, split.class_names, device, amp, progress)
-        return dataclasses.replace(result, views=cfg.view_spec(train=False).num_views)
+        # The views the loader made, which `zeroi2v eval` may take from the checkpoint.
+        return dataclasses.replace(result, views=loader.dataset.spec.num_views)
 
     def summary(self, result: EvalResult) -> tuple[dict, str]:
         line = (
@@ -118,11 +125,11 @@ class Classification:
         )
         return {"top1": result.top1, "top5": result.top5}, line
 
-    def eval_loader(self, cfg, split: str, class_names: list[str]):
+    def eval_loader(self, cfg, split: str, class_names: list[str], spec=None):
         annotations = load_annotations(cfg, split, class_names=class_names)
         if annotations.class_names != class_names:
             raise TaskError(f"the model was trained on other classes than the {split} split's")
-        spec = cfg.view_spec(train=False)
+        spec = spec or cfg.view_spec(train=False)
         videos = max(1, 8 // spec.num_views)
         return annotations, test_loader(annotations, spec, cfg.data.num_workers, videos)
 
@@ -170,12 +177,12 @@ class Detection:
         line = f"mAP@0.5 {result.mAP:.4f} ({result.key_frames} key frames)"
         return {"mAP": result.mAP}, line
 
-    def eval_loader(self, cfg, split: str, class_names: list[str]):
+    def eval_loader(self, cfg, split: str, class_names: list[str], spec=None):
         data = load_ava(cfg, split)
         if data.class_names != class_names:
             raise TaskError(f"the model's actions differ from the label map {cfg.data.labels}")
         d = cfg.data
-        return data, keyframe_loader(data, cfg.view_spec(train=False), d.num_workers,
+        return data, keyframe_loader(data, spec or cfg.view_spec(train=False), d.num_workers,
                                      d.time_offset)  # fmt: skip
 
     def write_report(self, result: DetectionReport, out_dir: Path, name: str) -> dict[str, Path]:

@@ -10,6 +10,14 @@ Three samplers, two as in mmaction2 and one as in AVA:
 
 And the windows of a timeline (`sliding_windows`): the dense clip, repeated every stride.
 
+Two test protocols (PROTOCOLS), recorded in a checkpoint's preprocess as "protocol":
+- zeroi2v (the default, and every checkpoint without the key): dense_clips / uniform_clips
+  below, which keep a short video's clips in temporal order.
+- mmaction2: exactly what mmaction2's test pipeline samples (mmaction2_dense_clips,
+  mmaction2_uniform_clips), for models imported from checkpoints trained and tested with it,
+  which must see the frames their reported accuracy was measured on. It also picks the resize
+  and the crops (video/views.py). Training samples the same way under both.
+
 Every index returned is a frame ordinal in [0, video_frames).
 """
 
@@ -21,6 +29,16 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+PROTOCOLS = ("zeroi2v", "mmaction2")
+
+
+def check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(
+            f"test protocol must be 'zeroi2v' (this project's views) or 'mmaction2' (mmaction2's "
+            f"test pipeline, for imported models), not {protocol!r}"
+        )
 
 
 def _check_positive(**values: int) -> None:
@@ -45,8 +63,9 @@ def dense_clips(
     """Clips of `num_frames` frames `interval` apart; a clip spans num_frames * interval frames.
 
     train: one clip at a random start (`num_clips` is a test-time setting and is ignored).
-    test: `num_clips` clips whose starts are spread evenly and centred, as mmaction2's
-    `_get_test_clips`: start_k = int((k + 0.5) * (video_frames - span + 1) / num_clips).
+    test: `num_clips` clips whose starts are spread evenly and centred, as mmaction2 0.x's
+    `_get_test_clips`: start_k = int((k + 0.5) * (video_frames - span + 1) / num_clips). (1.x's,
+    which the "mmaction2" protocol follows, is mmaction2_dense_clips.)
 
     Short videos (stated, and unlike mmaction2's loop, which scrambles temporal order): when the
     span does not fit, the interval shrinks to video_frames // num_frames, the largest that
@@ -100,6 +119,45 @@ def uniform_clips(
         row = range(num_segments)
         clips.append([(i * scale + where) * video_frames // (scale * num_segments) for i in row])
     return clips
+
+
+def mmaction2_dense_clips(
+    video_frames: int, num_frames: int, interval: int, num_clips: int = 1
+) -> list[list[int]]:
+    """mmaction2's SampleFrames(clip_len=num_frames, frame_interval=interval, num_clips,
+    test_mode=True), index for index. The clip spans (num_frames - 1) * interval + 1 frames;
+    with room = max(video_frames - span, 0), clip k starts at round(k * room / (num_clips - 1))
+    (half to even, as np.round), or at room // 2 for one clip, so the first clip starts at the
+    first frame and the last ends at the last. Ordinals past the end wrap around to the start
+    (mmaction2's 'loop' out-of-bound option): a video shorter than a clip is seen looped.
+    """
+    _check_positive(
+        video_frames=video_frames, num_frames=num_frames, interval=interval, num_clips=num_clips
+    )
+    room = max(video_frames - ((num_frames - 1) * interval + 1), 0)
+    if num_clips > 1:
+        # Python's round() of a float rounds half to even, as np.round does.
+        starts = [round(k * (room / (num_clips - 1))) for k in range(num_clips)]
+    else:
+        starts = [room // 2]
+    return [[(s + j * interval) % video_frames for j in range(num_frames)] for s in starts]
+
+
+def mmaction2_uniform_clips(
+    video_frames: int, num_segments: int, num_clips: int = 1
+) -> list[list[int]]:
+    """mmaction2's UniformSample(clip_len=num_segments, num_clips, test_mode=True), index for
+    index: with seg = (video_frames - 1) / num_segments, clip k takes frame
+    round(seg * i) + int(seg * (k + 1) / (num_clips + 1)) from segment i (round half to even).
+    Always within the video, so no wrap is needed.
+    """
+    _check_positive(video_frames=video_frames, num_segments=num_segments, num_clips=num_clips)
+    seg_size = (video_frames - 1) / num_segments
+    duration = seg_size / (num_clips + 1)  # the clips' offsets split a segment evenly
+    return [
+        [round(seg_size * i) + int(duration * (k + 1)) for i in range(num_segments)]
+        for k in range(num_clips)
+    ]
 
 
 def keyframe_clip(key_frame: int, video_frames: int, num_frames: int, interval: int) -> list[int]:
@@ -180,12 +238,15 @@ def snap_to_keyframes(plan: list[list[int]], keyframes: list[int]) -> list[list[
 @dataclass(frozen=True)
 class SamplingSpec:
     """How clips are drawn from a video. `num_clips` is the number of test-time clips (views
-    along time); training always draws one clip."""
+    along time); training always draws one clip. `protocol` (PROTOCOLS) picks the test-time
+    formulas; ViewSpec.protocol reads it from here for the resize and the crops, so the two
+    cannot disagree."""
 
     kind: Literal["dense", "uniform"] = "dense"
     num_frames: int = 8
     interval: int = 16  # dense only
     num_clips: int = 1
+    protocol: Literal["zeroi2v", "mmaction2"] = "zeroi2v"
 
     def __post_init__(self):
         if self.kind not in ("dense", "uniform"):
@@ -193,11 +254,18 @@ class SamplingSpec:
         _check_positive(
             num_frames=self.num_frames, interval=self.interval, num_clips=self.num_clips
         )
+        check_protocol(self.protocol)
 
     def plan(
         self, video_frames: int, train: bool, rng: random.Random | None = None
     ) -> list[list[int]]:
         """Frame ordinals of each clip: 1 clip when training, `num_clips` at test time."""
+        if self.protocol == "mmaction2" and not train:
+            if self.kind == "dense":
+                return mmaction2_dense_clips(
+                    video_frames, self.num_frames, self.interval, self.num_clips
+                )
+            return mmaction2_uniform_clips(video_frames, self.num_frames, self.num_clips)
         if self.kind == "dense":
             return dense_clips(
                 video_frames, self.num_frames, self.interval, self.num_clips, train, rng

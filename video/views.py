@@ -4,6 +4,11 @@ A view is one temporal clip seen through one spatial crop: resize the short side
 size, crop (centre, or three crops along the long side), normalise, and lay out as the model
 wants, (3, T, S, S). A video gives `num_clips * spatial_crops` views; the caller averages their
 scores.
+
+The spec's test protocol (video.sampling.PROTOCOLS) picks the frames, the resize and the crops:
+"zeroi2v" (the default) resizes with antialiasing and takes its own three crops; "mmaction2"
+reproduces mmaction2's test pipeline (SampleFrames or UniformSample, Resize(scale=(-1, S)),
+CenterCrop or ThreeCrop), so an imported model sees the views its accuracy was measured on.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 # CLIP's normalisation is the default view's: taken from open_clip, which defines it, so that
@@ -22,35 +28,88 @@ from open_clip.constants import OPENAI_DATASET_MEAN as OPENAI_MEAN
 from open_clip.constants import OPENAI_DATASET_STD as OPENAI_STD
 
 from video.decode import DecodeLimits, FrameTransform, Source, VideoInfo, VideoReader
-from video.sampling import SamplingSpec, keyframe_clip, sliding_windows, snap_to_keyframes
+from video.sampling import (
+    SamplingSpec,
+    check_protocol,
+    keyframe_clip,
+    sliding_windows,
+    snap_to_keyframes,
+)
 
 
-def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """(T, 3, H, W) uint8 -> (T, 3, H', W') uint8 with min(H', W') == size, aspect kept."""
-    if min(frames.shape[-2:]) == size:
-        return frames
-    return TF.resize(frames, [size], antialias=True)
+def resize_short_side(frames: torch.Tensor, size: int, protocol: str = "zeroi2v") -> torch.Tensor:
+    """(..., 3, H, W) uint8 -> (..., 3, H', W') uint8 with min(H', W') == size, aspect kept.
+    Frames whose short side is already `size` come back as they are.
 
-
-def spatial_crops(frames: torch.Tensor, size: int, num_crops: int) -> list[torch.Tensor]:
-    """Square crops of side `size` from (..., H, W) frames whose short side is >= size.
-
-    1: the centre crop. 3: left, centre, right (or top, centre, bottom for portrait frames),
-    as mmaction2's ThreeCrop, which expects the short side already resized to `size`.
+    zeroi2v: torchvision's antialiased bilinear resize; the long side is truncated,
+    int(size * long / short).
+    mmaction2: mmaction2's Resize(scale=(-1, size)) (keep_ratio): mmcv.rescale_size's sizes,
+    each side int(side * size / short + 0.5), resized as mmcv.imresize's cv2.resize INTER_LINEAR
+    does (bilinear, half-pixel centres, no antialias). Computed here in float and rounded, not in
+    cv2's fixed point (11-bit weights, truncated in its SIMD loop, whose tail rounds exactly: the
+    last bit depends on the CPU's vector width): against opencv-python-headless 4.14 (and 5.1,
+    which gives the same pixels) no pixel differs by more than 1 grey level, and 11% of them
+    differ by 1 (at most 13% of a frame), nearly all one level above cv2's
+    (tests/test_mmaction_protocol.py, tests/data/cv2_resize_reference.safetensors).
     """
+    check_protocol(protocol)
     h, w = frames.shape[-2:]
+    if min(h, w) == size:
+        return frames
+    if protocol == "zeroi2v":
+        return TF.resize(frames, [size], antialias=True)
+    scale = size / min(h, w)
+    new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+    # In float: torch's uint8 bilinear is CPU-only and rounds in its own fixed point, while the
+    # float one is the textbook formula on every device (frames may be decoded on a GPU).
+    flat = frames.reshape(-1, *frames.shape[-3:]).float()
+    resized = F.interpolate(
+        flat, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False
+    )
+    out = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return out.reshape(*frames.shape[:-2], new_h, new_w)
+
+
+def crop_corners(
+    h: int, w: int, size: int, num_crops: int, protocol: str = "zeroi2v"
+) -> list[tuple[int, int]]:
+    """The (top, left) corners of spatial_crops' squares in an h x w frame.
+
+    1 (both protocols, as mmaction2's CenterCrop): ((h - size) // 2, (w - size) // 2).
+    3, zeroi2v: left, centre, right (top, centre, bottom for portrait frames), the last flush
+    with the far edge.
+    3, mmaction2 (its ThreeCrop, which takes frames with one side equal to `size`): along the
+    long side, steps of (long - size) // 2 in its order, left, right, middle (top, bottom,
+    middle): the right crop is one pixel short of the edge when long - size is odd.
+    """
+    check_protocol(protocol)
     if min(h, w) < size:
         raise ValueError(f"cannot take {size}x{size} crops from {w}x{h} frames; resize first")
     top, left = (h - size) // 2, (w - size) // 2
     if num_crops == 1:
-        corners = [(top, left)]
-    elif num_crops == 3:
-        if w >= h:
-            corners = [(top, 0), (top, left), (top, w - size)]
-        else:
-            corners = [(0, left), (top, left), (h - size, left)]
-    else:
+        return [(top, left)]
+    if num_crops != 3:
         raise ValueError(f"spatial_crops must be 1 or 3, got {num_crops}")
+    if protocol == "zeroi2v":
+        if w >= h:
+            return [(top, 0), (top, left), (top, w - size)]
+        return [(0, left), (top, left), (h - size, left)]
+    if h == size:  # mmaction2 tests the height first: a square frame gives three equal crops
+        return [(0, 0), (0, 2 * left), (0, left)]
+    if w == size:
+        return [(0, 0), (2 * top, 0), (top, 0)]
+    raise ValueError(
+        f"mmaction2's three crops take frames with one side of {size}, not {w}x{h}; resize first"
+    )
+
+
+def spatial_crops(
+    frames: torch.Tensor, size: int, num_crops: int, protocol: str = "zeroi2v"
+) -> list[torch.Tensor]:
+    """Square crops of side `size` from (..., H, W) frames whose short side is >= size: the
+    centre crop (num_crops 1) or three along the long side (3), placed by crop_corners."""
+    h, w = frames.shape[-2:]
+    corners = crop_corners(h, w, size, num_crops, protocol)
     return [frames[..., y : y + size, x : x + size] for y, x in corners]
 
 
@@ -90,15 +149,27 @@ class ViewSpec:
     def num_views(self) -> int:
         return self.sampling.num_clips * self.spatial_crops
 
+    @property
+    def protocol(self) -> str:
+        """The test protocol (video.sampling.PROTOCOLS): the sampling's, which also picks the
+        resize and the crops."""
+        return self.sampling.protocol
+
+    def resize(self, frames: torch.Tensor) -> torch.Tensor:
+        """(T, 3, H, W) uint8 frames with the short side at the view size, resized as this
+        spec's protocol resizes (resize_short_side): each test-time path resizes with this."""
+        return resize_short_side(frames, self.image_size, self.protocol)
+
     @classmethod
     def from_preprocess(cls, d: dict) -> ViewSpec:
-        """From a checkpoint's `preprocess` metadata; missing keys take the defaults, unknown
-        keys are ignored."""
+        """From a checkpoint's `preprocess` metadata; missing keys take the defaults (no
+        "protocol": "zeroi2v"), unknown keys are ignored."""
         sampling = SamplingSpec(
             kind=d.get("sampling", "dense"),
             num_frames=d.get("num_frames", SamplingSpec.num_frames),
             interval=d.get("frame_interval", SamplingSpec.interval),
             num_clips=d.get("temporal_clips", 1),
+            protocol=d.get("protocol", SamplingSpec.protocol),
         )
         return cls(
             sampling=sampling,
@@ -131,6 +202,7 @@ class ViewSpec:
             "spatial_crops": self.spatial_crops,
             "sampling": self.sampling.kind,
             "frame_interval": self.sampling.interval,
+            "protocol": self.protocol,
         }
 
 
@@ -142,9 +214,7 @@ def make_views(clips: Sequence[torch.Tensor], spec: ViewSpec) -> torch.Tensor:
     lengths = {clip.shape[0] for clip in clips}
     if len(lengths) != 1:
         raise ValueError(f"clips must have the same number of frames, got {sorted(lengths)}")
-    return views_from_clips(
-        torch.stack([resize_short_side(c, spec.image_size) for c in clips]), spec
-    )
+    return views_from_clips(torch.stack([spec.resize(c) for c in clips]), spec)
 
 
 def views_from_clips(clips: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
@@ -161,9 +231,9 @@ def view_list(clips: torch.Tensor, spec: ViewSpec) -> list[torch.Tensor]:
     views = []
     for clip in clips:
         if spec.spatial_crops == 1:
-            clip = spatial_crops(clip, spec.image_size, 1)[0]
+            clip = spatial_crops(clip, spec.image_size, 1, spec.protocol)[0]
         normalised = normalize(clip, spec.mean, spec.std)
-        for crop in spatial_crops(normalised, spec.image_size, spec.spatial_crops):
+        for crop in spatial_crops(normalised, spec.image_size, spec.spatial_crops, spec.protocol):
             views.append(crop.permute(1, 0, 2, 3))
     return views
 
@@ -216,15 +286,15 @@ SAMPLING_MODES = ("exact", "fast")
 
 def clips_plan(reader: VideoReader, spec: ViewSpec, sampling: str = "exact") -> ClipPlan:
     """The test-time clips of `spec` for the video `reader` has open, frames resized to a short
-    side of the view size. sampling="fast" moves each frame to a keyframe at most half a frame
-    gap away when there is one (see snap_to_keyframes): fewer frames to decode, at some cost in
-    accuracy."""
+    side of the view size, both as the spec's protocol says. sampling="fast" moves each frame to
+    a keyframe at most half a frame gap away when there is one (see snap_to_keyframes): fewer
+    frames to decode, at some cost in accuracy."""
     if sampling not in SAMPLING_MODES:
         raise ValueError(f"sampling is {' or '.join(SAMPLING_MODES)}, not {sampling!r}")
     plan = spec.sampling.plan(reader.info.num_frames, train=False)
     if sampling == "fast":
         plan = snap_to_keyframes(plan, reader.keyframes)
-    return ClipPlan(plan, functools.partial(resize_short_side, size=spec.image_size))
+    return ClipPlan(plan, spec.resize)
 
 
 def decode_clips(
@@ -302,8 +372,10 @@ def windows_plan(reader: VideoReader, spec: ViewSpec, stride_s: float | None = N
         stride_s = round(span / 2 / (info.fps or 1.0), 3) or 0.001
     times = reader.frame_times()
     windows = sliding_windows(times, s.num_frames, s.interval, stride_s)
-    transform = functools.partial(resize_short_side, size=spec.image_size)
-    return WindowPlan(windows, stride_s, times, info.duration_s, transform)
+    # The windows are the same under either protocol (a timeline is this project's own); the
+    # frames are resized as the model's protocol resizes, so each window's views are its test
+    # views of that clip.
+    return WindowPlan(windows, stride_s, times, info.duration_s, spec.resize)
 
 
 def load_views(
