@@ -175,6 +175,8 @@ def import_(
         imported = import_checkpoint(checkpoint, cfg, out, labels, adapters, base)
     except (AuthorsConfigError, CheckpointError) as e:
         _fail(str(e))
+    except OSError as e:  # writing the outputs
+        _fail(f"cannot write {e.filename or out}: {e.strerror or e}")
     model, pre = imported.merged, imported.preprocess
     views = f"{pre['temporal_clips']} clip(s) x {pre['spatial_crops']} crop(s), {pre['sampling']}"
     typer.echo(f"imported {checkpoint} ({cfg.source}): {model.cfg.backbone}, "

@@ -31,6 +31,7 @@ import struct
 import sys
 import tarfile
 import types
+import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -322,6 +323,7 @@ class _SafeUnpickler(pickle._Unpickler):
         read, limit = self._file_read, self.max_storage_bytes
         self._file_read = lambda n=-1: read(n if 0 <= n <= limit else limit)
         self._skipped: dict[str, type] = {}
+        self._claimed: dict[str, int] = {}  # bytes each storage claims: all fit in the file
         self._torch_persistent_load = None
 
     def find_class(self, module, name):
@@ -370,9 +372,10 @@ class _SafeUnpickler(pickle._Unpickler):
         if not isinstance(key, str) or not isinstance(location, (str, bytes)):
             raise CheckpointError("corrupt: a storage record's key or location is malformed")
         nbytes = _int(numel, "a storage's size") * torch._utils._element_size(dtype)
-        if nbytes > self.max_storage_bytes:
+        self._claimed[key] = nbytes
+        if sum(self._claimed.values()) > self.max_storage_bytes:
             raise CheckpointError(
-                f"truncated or corrupt: storage {key!r} claims {nbytes} bytes, more than the file"
+                f"truncated or corrupt: storages up to {key!r} claim more bytes than the file"
             )
         if len(pid) == 6 and pid[5] is not None:  # legacy view: (view key, offset, size)
             view = pid[5]
@@ -653,6 +656,18 @@ def _check_zip(f) -> None:
         )
     if "data.pkl" not in records:
         raise CheckpointError("not a torch checkpoint (a zip archive without data.pkl)")
+    # torch.save stores every record uncompressed, and torch's reader would inflate a deflated
+    # one: refused, so no record is larger than the file (a 100 KB zip can inflate to GBs).
+    f.seek(0)
+    try:
+        packed = [i.filename for i in zipfile.ZipFile(f).infolist() if i.compress_type]
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"truncated or corrupt zip: {e}") from None
+    if packed:
+        raise CheckpointError(
+            f"compressed records ({', '.join(packed[:3])}): torch.save never compresses, and a "
+            f"compressed record may inflate far past the file's size; refused"
+        )
 
 
 def _check_not_tar(f) -> None:

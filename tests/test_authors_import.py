@@ -200,7 +200,8 @@ CONFIG_REFUSALS = [
     ("model = dict(", "_base_ = ['../runtime.py']\nmodel = dict(", "inherits `_base_`"),
     ("num_frames=8,", "num_frames=frames,", "`frames` is not a literal"),
     ("num_frames=8,", "**extra,", "is not a literal"),
-    ("test_pipeline = [", "model['cls_head'] = None\ntest_pipeline = [", "changes `model`"),
+    ("test_pipeline = [", "model['cls_head'] = None\ntest_pipeline = [",
+     "does something with `model`"),
     ("shift_div=4,", "shift_div=8,", "off head boundaries"),
     ("divide_head=False", "divide_head=True", "divide_head=True"),
     ("num_tadapter=2,", "num_tadapter=2, adapter_type='gelu',", "'gelu' adapters"),
@@ -209,6 +210,22 @@ CONFIG_REFUSALS = [
     ("dict(type='CenterCrop', crop_size=32)", "dict(type='TenCrop', crop_size=32)", "TenCrop"),
     ("scale=(-1, 32)", "scale=(-1, 40)", "scale=(-1, 32)"),
     ("test_mode=True", "test_mode=False", "test_mode=True"),
+    # changed through an alias or a loop after the assignment that is read
+    ("ann_file_test =", "b = model['backbone']\nb['num_frames'] = 4\nann_file_test =",
+     "does something with `model`"),
+    ("ann_file_test =", "for step in test_pipeline: step['lazy'] = True\nann_file_test =",
+     "does something with `test_pipeline`"),
+    ("scale=(-1, 32)", "scale=(-1, 32), must_divisible=7", "must_divisible are not reproduced"),
+    ("ann_file_test =", "test_dataloader = dict(dataset=dict(pipeline=[dict(type='X')]))\n"
+     "ann_file_test =", "differs from `test_pipeline`"),
+    ("ann_file_test =", "test_dataloader = dict(dataset=dict(pipeline=val_pipeline))\n"
+     "ann_file_test =", "tests with `val_pipeline`"),
+    ("type='DecordInit'", "type=b'DecordInit'", "is not a literal"),
+    ("num_tadapter=2,", "num_tadapter=2, final_ta_cfg=None,", "final_ta_cfg"),
+    ("data_preprocessor=dict(", "data_preprocessor=None, x=dict(", "must be a dict"),
+    ("scale=(-1, 32)", "scale=('a', 32)", "scale=(-1, 32)"),
+    ("dropout_ratio=0.5", "dropout_ratio=1.0", "head_dropout"),
+    ("input_format='NCTHW'", "input_format='NCHW'", "input_format='NCTHW'"),
 ]  # fmt: skip
 
 
@@ -230,11 +247,27 @@ def test_ablation_and_long_refusals(tmp_path):
                        case="tiny_ablation_qkv")  # fmt: skip
     with pytest.raises(AuthorsConfigError, match="ops_type='tcs'"):
         zeroi2v_config(read_config(tcs))
+    qkv = _config_with(tmp_path, "num_tadapter=2,", "num_tadapter=2, attn_adapter_type='qkv',",
+                       case="tiny_long")  # fmt: skip
+    with pytest.raises(AuthorsConfigError, match="is not built by ViT_Zero_CLIP_long"):
+        zeroi2v_config(read_config(qkv))
     # Their shipped ablation configs leave ops_type out (None, which their class raises for):
     # read as stdha, the one implemented.
     assert zeroi2v_config(read_config("CLIP-B_sthv2_u16")).temporal_offsets[:4] == [-1, 1, -2, 2]
     with pytest.raises(AuthorsConfigError, match="not a built-in config name"):
         read_config("CLIP-B_k400_16x4x1")
+
+
+def test_harmless_statements_and_deep_nesting(tmp_path):
+    # naming test_pipeline as a value is how configs build their data loaders
+    loader = "test_dataloader = dict(dataset=dict(pipeline=test_pipeline))\n"
+    rename = "ann_file_val = ann_file_test.replace('a', 'b')\n"
+    ok = _config_with(tmp_path, "ann_file_test =", loader + rename + "ann_file_test =")
+    assert read_config(ok).test_pipeline[1]["type"] == "SampleFrames"
+    deep = tmp_path / "deep.py"
+    deep.write_text("model = " + "[" * 5000 + "]" * 5000 + "\ntest_pipeline = []\n")
+    with pytest.raises(AuthorsConfigError, match="nested too deeply|not a readable"):
+        read_config(deep)
 
 
 def test_the_config_is_never_run(tmp_path):
@@ -276,6 +309,20 @@ def test_checkpoint_refusals(tmp_path):
         state["backbone.conv1.conv.weight"] = state["cls_head.fc_cls.bias"] = torch.zeros(2)
 
     assert "not a ZeroI2V CLIP checkpoint" in _bad_checkpoint(tmp_path, other_model)
+    assert "not strings" in _bad_checkpoint(tmp_path, lambda s: s.update({3: torch.zeros(1)}))
+
+
+def test_an_output_that_cannot_be_written(tmp_path):
+    meta = reference("tiny_clip")
+    (tmp_path / "out").mkdir()
+    ckpt = write_authors_checkpoint(tmp_path / "theirs.pth", case_tensors(meta))
+    args = ["import", str(ckpt), "--config", str(meta["config_path"]), "-o"]
+    result = runner.invoke(app, [*args, str(tmp_path / "out")])
+    assert result.exit_code != 0 and "a directory" in result.output
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    result = runner.invoke(app, [*args, str(blocked / "m.safetensors")])
+    assert result.exit_code != 0 and "cannot write" in result.output
 
 
 def test_truncated_checkpoint_is_refused(tmp_path):
@@ -333,3 +380,41 @@ def test_old_files_keep_the_old_embedding_place():
 def test_import_checks_before_it_writes(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         import_model(tmp_path / "missing.pth", read_config("CLIP-B_k400_8x16x1"))
+
+
+def test_an_imported_model_is_served_with_its_names_and_views(tmp_path):
+    """`zeroi2v serve --model` of an imported file: the service's own app answers /classify
+    with the --labels names, the config's views (2 clips x 1 crop), and the model's scores for
+    the views mmaction2's protocol makes of the upload."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.local import LocalBackend
+    from service.model_runner import ModelRunner
+    from service.settings import ServiceSettings
+    from service.video_service import VideoService
+    from tests.media import write_clip
+    from video import ViewSpec, load_views
+
+    meta = reference("tiny_clip")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"action {i}\n" for i in range(5)))
+    result, model = run_import(tmp_path, meta, "--labels", str(labels))
+    assert result.exit_code == 0, result.output
+    video = write_clip(tmp_path / "clip.mp4", 40, size=(64, 48))
+    settings = ServiceSettings(model_path=str(model), max_top_k=5)
+    runner = ModelRunner(str(model), precision="fp32", max_batch_size=4)
+    service = VideoService(settings, read_info(model), LocalBackend(runner, settings))
+    app = create_app()
+    app.state.service = service
+    answer = TestClient(app).post(
+        "/classify?top_k=5", content=video.read_bytes(), headers={"content-type": "video/mp4"}
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert {label["label"] for label in body["labels"]} == {f"action {i}" for i in range(5)}
+    spec = ViewSpec.from_preprocess(read_info(model).preprocess)
+    assert (spec.protocol, spec.num_views) == ("mmaction2", 2)
+    probs = runner.probabilities(load_views(video, spec)[0])
+    for label in body["labels"]:
+        assert label["score"] == pytest.approx(float(probs[label["index"]]), abs=2e-6)

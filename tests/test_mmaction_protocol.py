@@ -42,7 +42,10 @@ def sample_frames(total_frames: int, clip_len: int, frame_interval: int, num_cli
     """SampleFrames(clip_len, frame_interval, num_clips, test_mode=True), out_of_bound 'loop'."""
     ori_clip_len = (clip_len - 1) * frame_interval + 1
     max_offset = max(total_frames - ori_clip_len, 0)
-    if num_clips > 1:
+    if clip_len == 1:  # the 2D recognizer's branch
+        avg_interval = total_frames / float(num_clips)
+        offsets = np.arange(num_clips) * avg_interval + avg_interval / 2.0
+    elif num_clips > 1:
         offsets = np.round(np.arange(num_clips) * (max_offset / float(num_clips - 1)))
     else:
         offsets = np.array([max_offset // 2])

@@ -365,3 +365,17 @@ def test_top_level_must_be_a_dict(tmp_path):
     torch.save([torch.ones(2)], path)
     with pytest.raises(CheckpointError, match="top-level object is a list, not a dict"):
         load_checkpoint(path)
+
+
+def test_compressed_records_are_refused(tmp_path):
+    """A deflated record could inflate to gigabytes from a small file; torch.save never
+    compresses, so one is refused before anything is read."""
+    good = tmp_path / "good.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, good)
+    packed = tmp_path / "packed.pt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(packed, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(CheckpointError, match="compressed records"):
+        load_checkpoint(packed)
+    assert torch.equal(load_checkpoint(good)["state_dict"]["w"], torch.zeros(1000))

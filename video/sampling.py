@@ -130,10 +130,14 @@ def mmaction2_dense_clips(
     (half to even, as np.round), or at room // 2 for one clip, so the first clip starts at the
     first frame and the last ends at the last. Ordinals past the end wrap around to the start
     (mmaction2's 'loop' out-of-bound option): a video shorter than a clip is seen looped.
+    A one-frame clip follows mmaction2's 2D branch (below).
     """
     _check_positive(
         video_frames=video_frames, num_frames=num_frames, interval=interval, num_clips=num_clips
     )
+    if num_frames == 1:  # their 2D branch: clip k at the middle of the k-th of num_clips parts
+        part = video_frames / num_clips
+        return [[int(k * part + part / 2) % video_frames] for k in range(num_clips)]
     room = max(video_frames - ((num_frames - 1) * interval + 1), 0)
     if num_clips > 1:
         # Python's round() of a float rounds half to even, as np.round does.

@@ -18,6 +18,8 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from model.config import ZeroI2VConfig
 
 BUILTIN_DIR = Path(__file__).parent / "configs"
@@ -26,6 +28,7 @@ LABEL_MAPS = {  # mmaction2's tools/data label maps, shipped for the datasets of
     "sthv2": Path(__file__).parent / "label_maps" / "sthv2.txt",
 }
 _READ = ("model", "test_pipeline", "ann_file_test")
+_CHECKED = ("model", "test_pipeline")  # nothing but their assignment may touch them
 
 # Backbone shapes of open_clip towers: (width, layers, heads, patch) -> open_clip model name.
 # The project's tiny towers (model/open_clip_configs) are searched too, for tests.
@@ -46,6 +49,16 @@ _BACKBONE_KEYS = {
     "ViT_Zero_CLIP_ablation": _COMMON_KEYS | _TRAIN_KEYS | {"attn_adapter_type"},
     "ViT_Zero_CLIP_eval": _COMMON_KEYS | {"stdha_cfg", "freeze_all"},
 }
+# The arguments of the steps reproduced here; any other changes what mmaction2 does.
+_STEP_KEYS = {
+    "SampleFrames": {"type", "clip_len", "frame_interval", "num_clips", "test_mode",
+                     "twice_sample", "out_of_bound_opt", "target_fps", "temporal_jitter",
+                     "keep_tail_frames"},
+    "UniformSample": {"type", "clip_len", "num_clips", "test_mode"},
+    "Resize": {"type", "scale", "keep_ratio", "interpolation", "lazy"},
+    "CenterCrop": {"type", "crop_size", "lazy"},
+    "ThreeCrop": {"type", "crop_size"},
+}  # fmt: skip
 # Pipeline steps that decode, pack or do nothing at test time: our decoder (PyAV) replaces them.
 _DECODE_STEPS = {"DecordInit", "DecordDecode", "PyAVInit", "PyAVDecode", "OpenCVInit",
                  "OpenCVDecode", "RawFrameDecode", "FormatShape", "PackActionInputs"}  # fmt: skip
@@ -107,9 +120,14 @@ def read_config(source: str | Path) -> AuthorsConfig:
     try:
         text = path.read_text(encoding="utf-8")
         tree = ast.parse(text, filename=name)
-    except (OSError, UnicodeDecodeError, SyntaxError) as e:
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError) as e:
         raise AuthorsConfigError(f"{name}: not a readable Python config: {e}") from None
-    values = _literal_assignments(tree, text, name)
+    except (RecursionError, MemoryError):
+        raise AuthorsConfigError(f"{name}: nested too deeply to read") from None
+    try:
+        values = _literal_assignments(tree, text, name)
+    except (RecursionError, MemoryError):
+        raise AuthorsConfigError(f"{name}: nested too deeply to read") from None
     for key in ("model", "test_pipeline"):
         if key not in values:
             raise AuthorsConfigError(f"{name}: has no `{key} = ...` assignment")
@@ -137,47 +155,85 @@ def _literal_assignments(tree: ast.Module, text: str, name: str) -> dict:
         if len(targets) == 1 and isinstance(targets[0], ast.Name) and targets[0].id in _READ:
             nodes[targets[0].id] = stmt.value
             continue
-        changed = _changes_read_names(stmt)
-        if changed:
+        used = _uses_model_or_pipeline(stmt)
+        if used:
             raise AuthorsConfigError(
-                f"{name}, line {stmt.lineno}: changes `{changed}` after it is assigned "
-                f"(`{_segment(text, stmt)}`); the config is read as data, never run"
+                f"{name}, line {stmt.lineno}: `{_segment(text, stmt)}` does something with "
+                f"`{used}` besides naming it; the config is read as data, never run, so only its "
+                f"plain `{used} = ...` counts"
             )
-    return {key: _literal(node, text, name) for key, node in nodes.items()}
+    values = {key: _literal(node, text, name) for key, node in nodes.items()}
+    loader = _test_loader_pipeline(tree, text, name)
+    if loader is not None and loader != values.get("test_pipeline"):
+        raise AuthorsConfigError(
+            f"{name}: test_dataloader's pipeline (which mmaction2 tests with) differs from "
+            f"`test_pipeline`"
+        )
+    return values
 
 
-def _changes_read_names(stmt: ast.stmt) -> str | None:
-    """The read name that a statement other than its plain assignment rebinds or mutates."""
+def _uses_model_or_pipeline(stmt: ast.stmt) -> str | None:
+    """`model` or `test_pipeline` where a statement other than their assignment does more than
+    name them as a value (`pipeline=test_pipeline`): an alias, a loop, a call or an assignment
+    could change them after the assignment this reader takes."""
+    named = set()
     for node in ast.walk(stmt):
-        root = node
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            root = node.func.value  # model.update(...), test_pipeline.append(...)
-        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
-            targets = getattr(node, "targets", None) or [node.target]
-            for target in targets:
-                while isinstance(target, (ast.Subscript, ast.Attribute)):
-                    target = target.value
-                if isinstance(target, ast.Name) and target.id in _READ:
-                    return target.id
-            continue
-        else:
-            continue
-        while isinstance(root, (ast.Subscript, ast.Attribute)):
-            root = root.value
-        if isinstance(root, ast.Name) and root.id in _READ:
-            return root.id
+        values = []
+        if isinstance(node, ast.keyword):
+            values = [node.value]
+        elif isinstance(node, (ast.List, ast.Tuple)):
+            values = node.elts
+        elif isinstance(node, ast.Dict):
+            values = node.values
+        named.update(id(v) for v in values if isinstance(v, ast.Name))
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.Name) and node.id in _CHECKED and id(node) not in named:
+            return node.id
+    return None
+
+
+def _test_loader_pipeline(tree: ast.Module, text: str, name: str):
+    """The literal pipeline of `test_dataloader.dataset`, if the config writes one out (a
+    dumped config does); None when it has none or names `test_pipeline`."""
+    node = None
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "test_dataloader" for t in stmt.targets
+        ):
+            node = stmt.value
+    for key in ("dataset", "pipeline"):
+        node = _argument(node, key)
+    if node is None or (isinstance(node, ast.Name) and node.id == "test_pipeline"):
+        return None
+    if isinstance(node, ast.Name):
+        raise AuthorsConfigError(
+            f"{name}: test_dataloader tests with `{node.id}`, not `test_pipeline`"
+        )
+    return _literal(node, text, name)
+
+
+def _argument(node, key: str):
+    """The value given for `key` in a dict(...) call or {...} literal node, else None."""
+    if isinstance(node, ast.Call):
+        return next((kw.value for kw in node.keywords if kw.arg == key), None)
+    if isinstance(node, ast.Dict):
+        for k, v in zip(node.keys, node.values, strict=True):
+            if isinstance(k, ast.Constant) and k.value == key:
+                return v
     return None
 
 
 def _literal(node: ast.expr, text: str, name: str):
     """A literal expression's value: constants, lists, tuples, dicts and dict(...) calls."""
-    if isinstance(node, ast.Constant):
+    if isinstance(node, ast.Constant) and type(node.value) in (str, int, float, bool, type(None)):
         return node.value
     if isinstance(node, ast.List):
         return [_literal(e, text, name) for e in node.elts]
     if isinstance(node, ast.Tuple):
         return tuple(_literal(e, text, name) for e in node.elts)
-    if isinstance(node, ast.Dict) and None not in node.keys:
+    if isinstance(node, ast.Dict) and all(
+        isinstance(k, ast.Constant) and type(k.value) in (str, int) for k in node.keys
+    ):
         return {
             _literal(k, text, name): _literal(v, text, name)
             for k, v in zip(node.keys, node.values, strict=True)
@@ -366,7 +422,8 @@ def adapter_layout(cfg: AuthorsConfig) -> tuple[int, float, float]:
     if kind == "ViT_Zero_CLIP_eval":
         return 0, 0.25, 1.0
     where = f"{cfg.source}: model.backbone"
-    if bb.get("final_ta_cfg", {}).get("use_it", False):
+    final = bb.get("final_ta_cfg", {})
+    if not isinstance(final, dict) or final.get("use_it", False):
         raise AuthorsConfigError(f"{where}.final_ta_cfg.use_it: their code raises for it")
     adapter_type = bb.get("adapter_type", "rep" if kind == "ViT_Zero_CLIP_long" else "linear")
     if adapter_type not in ("linear", "rep"):
@@ -380,8 +437,9 @@ def adapter_layout(cfg: AuthorsConfig) -> tuple[int, float, float]:
             f"four-adapter blocks of every released model (num_tadapter=2)"
         )
     attn = bb.get("attn_adapter_type", "share")
-    if attn not in ("share", "qkv"):
-        raise AuthorsConfigError(f"{where}.attn_adapter_type={attn!r}: 'share' or 'qkv' only")
+    # Q, K and V adapters of their own exist in the ablation class only (the long one raises).
+    if attn not in (("share", "qkv") if kind == "ViT_Zero_CLIP_ablation" else ("share",)):
+        raise AuthorsConfigError(f"{where}.attn_adapter_type={attn!r} is not built by {kind}")
     ratio, scale = bb.get("mlp_ratio", 0.25), bb.get("adapter_scale", 0.5)
     for key, value in (("mlp_ratio", ratio), ("adapter_scale", scale)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -411,16 +469,30 @@ def zeroi2v_config(cfg: AuthorsConfig, adapters: bool = True) -> ZeroI2VConfig:
             f"combined here as the mean of their softmaxes ('prob', as every released config)"
         )
     num_adapters, ratio, scale = adapter_layout(cfg)
+    try:
+        return _zeroi2v_config(cfg, dims, num_adapters if adapters else 0, ratio, scale)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise AuthorsConfigError(
+            f"{cfg.source}: not a model this project builds: {problems}"
+        ) from None
+
+
+def _zeroi2v_config(cfg, dims, num_adapters, ratio, scale) -> ZeroI2VConfig:
+    bb, head = cfg.backbone, cfg.head
+    dropout = head.get("dropout_ratio", 0.5)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+        raise AuthorsConfigError(f"{cfg.source}: cls_head.dropout_ratio {dropout!r} is no number")
     return ZeroI2VConfig(
         backbone=tower_name(*dims),
         num_frames=_int(bb, "num_frames", "model.backbone"),
         image_size=_int(bb, "input_resolution", "model.backbone"),
         num_classes=_int(head, "num_classes", "model.cls_head"),
         temporal_offsets=temporal_offsets(cfg),
-        num_adapters=num_adapters if adapters else 0,
+        num_adapters=num_adapters,
         adapter_ratio=ratio,
         adapter_scale=scale,
-        head_dropout=float(head.get("dropout_ratio", 0.5)),
+        head_dropout=float(dropout),
         temporal_embedding=True,
         temporal_embedding_place="before_ln_pre",
         train_ln_post=True,  # their training tunes it: an adapter file carries it
@@ -444,11 +516,21 @@ def preprocess_of(cfg: AuthorsConfig) -> dict:
             f"{where} is {kinds}; this importer reproduces SampleFrames or UniformSample, then "
             f"Resize, then CenterCrop or ThreeCrop"
         )
+    for step in steps:
+        extra = sorted(set(step) - _STEP_KEYS.get(step["type"], set(step)))
+        if extra:
+            raise AuthorsConfigError(
+                f"{where}: {step['type']} argument(s) {', '.join(extra)} are not reproduced here"
+            )
+    shapes = [s for s in cfg.test_pipeline if s.get("type") == "FormatShape"]
+    if any(s.get("input_format", "NCHW") != "NCTHW" for s in shapes):
+        raise AuthorsConfigError(f"{where}: FormatShape must make clips, input_format='NCTHW'")
     sample, resize, crop = steps
     out = _sampling(sample, frames, where)
     scale = resize.get("scale")
     if (
         not isinstance(scale, (list, tuple))
+        or not all(type(v) is int for v in scale)
         or sorted(scale) != [-1, size]
         or not resize.get("keep_ratio", True)
         or resize.get("interpolation", "bilinear") != "bilinear"
@@ -507,6 +589,8 @@ def _sampling(step: dict, frames: int, where: str) -> dict:
 def _normalisation(cfg: AuthorsConfig) -> tuple[list[float], list[float]]:
     pre = cfg.model.get("data_preprocessor", {})
     where = f"{cfg.source}: model.data_preprocessor"
+    if not isinstance(pre, dict):
+        raise AuthorsConfigError(f"{where} must be a dict with mean and std")
     if pre.get("to_rgb", False) or pre.get("format_shape", "NCTHW") != "NCTHW":
         raise AuthorsConfigError(f"{where}: only RGB frames in NCTHW are reproduced")
     values = []

@@ -93,6 +93,8 @@ def authors_state(path: str | Path) -> dict[str, torch.Tensor]:
     state = ckpt.get("state_dict", ckpt)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: `state_dict` is a {type(state).__name__}, not a dict")
+    if not all(isinstance(k, str) for k in state):
+        raise CheckpointError(f"{path}: state_dict has keys that are not strings")
     other = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
     if other:
         raise CheckpointError(f"{path}: state_dict entries that are not tensors: {other[:5]}")
@@ -208,9 +210,16 @@ def import_checkpoint(
         except BackboneError as e:
             raise CheckpointError(f"--base {base!r}: {e}") from None
         unmerged = with_base(imported, weights)
-    if unmerged is not None:
-        save_adapters(unmerged, adapters, weights, imported.class_names, imported.preprocess)
+    for path in (out, adapters):
+        if path is not None and Path(path).is_dir():
+            raise CheckpointError(f"{path}: a directory; give the file to write")
     save_merged(merged, out, imported.class_names, imported.preprocess)
+    if unmerged is not None:
+        try:
+            save_adapters(unmerged, adapters, weights, imported.class_names, imported.preprocess)
+        except BaseException:
+            Path(out).unlink(missing_ok=True)  # both files or neither
+            raise
     return imported
 
 
