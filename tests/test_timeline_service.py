@@ -26,7 +26,9 @@ from video.sampling import sliding_windows
 
 def timeline_service(model: Path, **settings) -> VideoService:
     s = ServiceSettings(model_path=str(model), **settings)
-    runner = ModelRunner(str(model), max_batch_size=4)
+    # fp32 as `zeroi2v predict --precision fp32` below: "auto" picks bf16 on CPUs with native
+    # bf16, and then the two disagree on such a machine.
+    runner = ModelRunner(str(model), precision="fp32", max_batch_size=4)
     runner.warm_up()
     return VideoService(s, read_info(model), LocalBackend(runner, s))
 
