@@ -309,12 +309,24 @@ def load_adapters(path: str | os.PathLike, base: str | None = None) -> ZeroI2V:
     except BackboneError as e:
         raise CheckpointError(f"{path}: base {source!r} does not fit its config: {e}") from None
     expected = trained_tensors(model)
+    what = f"its config ({info.config.backbone}, {info.config.trainable})"
+    check_tensors(path, tensors, expected, what)
+    with torch.no_grad():
+        for key, value in tensors.items():
+            expected[key].copy_(value)  # to the parameter's dtype (fp32) from fp16/bf16 storage
+    return model.eval()
+
+
+def check_tensors(
+    path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str
+) -> None:
+    """Refuse, naming them, tensors that are not exactly `expected`'s names and shapes, or not
+    finite floating point: a file of another model is never half-loaded."""
     missing = [k for k in expected if k not in tensors]
     unknown = [k for k in tensors if k not in expected]
     if missing or unknown:
         raise CheckpointError(
-            f"{path}: tensors do not fit its config ({info.config.backbone}, "
-            f"{info.config.trainable}): missing {missing[:5]}, unexpected {unknown[:5]}"
+            f"{path}: tensors do not fit {what}: missing {missing[:5]}, unexpected {unknown[:5]}"
         )
     wrong = [
         f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
@@ -322,17 +334,13 @@ def load_adapters(path: str | os.PathLike, base: str | None = None) -> ZeroI2V:
         if v.shape != expected[k].shape
     ]
     if wrong:
-        raise CheckpointError(f"{path}: wrong tensor shapes: {', '.join(wrong[:3])}")
+        raise CheckpointError(f"{path}: wrong tensor shapes for {what}: {', '.join(wrong[:3])}")
     not_float = [f"{k} ({v.dtype})" for k, v in tensors.items() if not v.is_floating_point()]
     if not_float:
         raise CheckpointError(f"{path}: tensors that are not floating point: {not_float[:3]}")
     not_finite = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
     if not_finite:
         raise CheckpointError(f"{path}: tensors with NaN or infinite values: {not_finite[:3]}")
-    with torch.no_grad():
-        for key, value in tensors.items():
-            expected[key].copy_(value)  # to the parameter's dtype (fp32) from fp16/bf16 storage
-    return model.eval()
 
 
 def _tensors(path: Path, f) -> dict[str, torch.Tensor]:

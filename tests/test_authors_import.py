@@ -302,7 +302,7 @@ def test_checkpoint_refusals(tmp_path):
     out = _bad_checkpoint(tmp_path, lambda s: s.update({pos: torch.zeros(50, 64)}))
     assert "positional_embedding (50, 64)" in out
     out = _bad_checkpoint(tmp_path, lambda s: s[key].fill_(float("nan")))
-    assert "not finite" in out
+    assert "NaN or infinite" in out
 
     def other_model(state):  # an mmaction2 TSN-like checkpoint
         state.clear()
@@ -310,6 +310,9 @@ def test_checkpoint_refusals(tmp_path):
 
     assert "not a ZeroI2V CLIP checkpoint" in _bad_checkpoint(tmp_path, other_model)
     assert "not strings" in _bad_checkpoint(tmp_path, lambda s: s.update({3: torch.zeros(1)}))
+    # a key spelled as ours is not one of theirs: unexpected, never taken as our head
+    out = _bad_checkpoint(tmp_path, lambda s: s.update({"head.fc.bias": torch.zeros(5)}))
+    assert "unexpected ['head.fc.bias (as the file names it)']" in out
 
 
 def test_an_output_that_cannot_be_written(tmp_path):

@@ -33,7 +33,7 @@ from model.backbone import (
     read_pretrained,
     resize_positional_embedding,
 )
-from model.checkpoint import CheckpointError, save_adapters, save_merged
+from model.checkpoint import CheckpointError, check_tensors, save_adapters, save_merged
 from model.merge import merge_adapters
 from model.safe_pickle import load_checkpoint
 from model.tasks import build_model
@@ -126,36 +126,16 @@ def import_model(
     model = build_model(zcfg, quick_gelu=True)  # their blocks use QuickGELU, whatever the size
     ours = model.state_dict()
     expected = {k for k in ours if k != _UNUSED}
-    mapped: dict[str, torch.Tensor] = {}
-    unexpected = []
+    mapped: dict[str, torch.Tensor] = {}  # under our names; the rest under theirs, unexpected
     for key, value in state.items():
         name = our_name(key)
-        if name not in expected:
-            unexpected.append(key)
-            continue
-        if name == "temporal_embedding" and value.ndim == 3 and value.shape[0] == 1:
+        if name not in expected or name in mapped:  # none of ours, or one already taken
+            name = key if key not in expected else f"{key} (as the file names it)"
+        elif name == "temporal_embedding" and value.ndim == 3 and value.shape[0] == 1:
             value = value[0]  # theirs is (1, T, D)
         mapped[name] = value
-    missing = sorted(expected - set(mapped))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{checkpoint}: tensors do not fit {cfg.source} ({zcfg.backbone}, "
-            f"{'adapters' if has_adapters else 'merged'}): missing {missing[:4]}, "
-            f"unexpected {sorted(unexpected)[:4]}"
-        )
-    wrong = [
-        f"{k} {tuple(v.shape)} (the config's: {tuple(ours[k].shape)})"
-        for k, v in mapped.items()
-        if v.shape != ours[k].shape
-    ]
-    if wrong:
-        raise CheckpointError(
-            f"{checkpoint}: tensor shapes do not fit {cfg.source}: {', '.join(wrong[:3])}"
-        )
-    bad = [k for k, v in mapped.items() if not v.is_floating_point()]
-    bad += [k for k, v in mapped.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{checkpoint}: tensors not finite floating point: {bad[:3]}")
+    what = f"{cfg.source} ({zcfg.backbone}, {'adapters' if has_adapters else 'merged'})"
+    check_tensors(checkpoint, mapped, {k: ours[k] for k in expected}, what)
     mapped[_UNUSED] = torch.zeros_like(ours[_UNUSED])
     with torch.no_grad():
         model.load_state_dict({k: v.float() for k, v in mapped.items()}, strict=True)
