@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from model.authors.config import read_config
+from model.authors.config import BUILTIN_DIR, read_config
 from model.authors.convert import import_model
 from model.backbone import create_visual
 from tests.authors_fixtures import authors_tensors, write_authors_checkpoint
@@ -62,7 +62,7 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
     cfg = read_config(args.config)
-    text = (Path(__file__).parents[1] / "model/authors/configs" / f"{cfg.source}.py").read_text()
+    text = (BUILTIN_DIR / f"{cfg.source}.py").read_text()
     with tempfile.TemporaryDirectory() as work:
         authors = load_authors(args.repo, Path(work))
         theirs, model_cfg = backbone_of(text, authors)

@@ -25,24 +25,13 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.soak import rss_mb  # noqa: E402
-from tests.media import write_clip  # noqa: E402
-from tests.test_fuzz import REAL, mutate  # noqa: E402
-from video.packaged import available_clips  # noqa: E402
-
-
-def clips(folder: Path) -> dict[str, bytes]:
-    found = available_clips()
-    out = {name: found[name].read_bytes() for name in REAL if name in found}
-    out["synth.mp4"] = write_clip(folder / "synth.mp4", 40, size=(96, 64)).read_bytes()
-    bframes = write_clip(folder / "bframes.mp4", 40, size=(96, 64), options={"bf": "2"})
-    out["bframes.mp4"] = bframes.read_bytes()
-    return out
+from tests.test_fuzz import fuzz_clips, mutate  # noqa: E402
 
 
 async def main(args) -> dict:
     folder = Path("/tmp/fuzz_service")
     folder.mkdir(exist_ok=True)
-    data = clips(folder)
+    data = fuzz_clips(folder)
     names = sorted(data)
     statuses: dict[str, int] = {}
     errors_5xx, dropped, slow, not_ready = [], [], [], []

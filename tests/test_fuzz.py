@@ -13,6 +13,7 @@ import errno
 import random
 import shutil
 import subprocess
+from pathlib import Path
 
 import av
 import pytest
@@ -68,15 +69,19 @@ def mutate(data: bytes, seed: int) -> tuple[bytes, str]:
     return data[:keep] + rng.randbytes(n - keep), f"the first {keep} bytes over random ones"
 
 
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> dict[str, bytes]:
-    folder = tmp_path_factory.mktemp("fuzz")
+def fuzz_clips(folder: Path) -> dict[str, bytes]:
+    """The clips damaged here and in benchmarks/fuzz_service.py, by name."""
     found = available_clips()
     out = {name: found[name].read_bytes() for name in REAL if name in found}
     plain = write_clip(folder / "synth.mp4", 40, size=(96, 64))
     bframes = write_clip(folder / "bframes.mp4", 40, size=(96, 64), options={"bf": "2"})
     out["synth.mp4"], out["bframes.mp4"] = plain.read_bytes(), bframes.read_bytes()
     return out
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, bytes]:
+    return fuzz_clips(tmp_path_factory.mktemp("fuzz"))
 
 
 @pytest.fixture(scope="module")

@@ -199,7 +199,7 @@ class VideoReader:
         self._input, self.name = _input_of(source)
         self.name = name or self.name  # what messages call the video (a service: not its path)
         try:
-            with _translate_errors(self.name, "open", limits.timeout_s, self._stage_of):
+            with _translate_errors(self.name, "open", limits.timeout_s, lambda: self._stage):
                 self._start_pos = self._input.tell() if hasattr(self._input, "tell") else 0
                 self._deadline = time.monotonic() + limits.timeout_s
                 self._open()
@@ -237,7 +237,7 @@ class VideoReader:
         if not wanted:
             return torch.empty((0, 3, self.info.height, self.info.width), dtype=torch.uint8)
         self._check_cost(sorted(set(wanted)))
-        with _translate_errors(self.name, "read", self.limits.timeout_s, self._stage_of):
+        with _translate_errors(self.name, "read", self.limits.timeout_s, lambda: self._stage):
             self._deadline = time.monotonic() + self.limits.timeout_s
             self._transform = transform
             frames = self._decode_targets(sorted(set(wanted)))
@@ -281,7 +281,9 @@ class VideoReader:
             self._keep_pts = {self._pts[i] for i in wanted if i >= want} if skip else None
             out_of_order = False
             try:
-                with _translate_errors(self.name, "read", self.limits.timeout_s, self._stage_of):
+                with _translate_errors(
+                    self.name, "read", self.limits.timeout_s, lambda: self._stage
+                ):
                     try:
                         remaining = [i for i in wanted if i >= want]
                         for ordinal, pixels in self._stream_pass(remaining, stop):
@@ -790,9 +792,6 @@ class VideoReader:
                 f"{self.name}: {width}x{height} frames have an aspect ratio of "
                 f"{long / short:.0f}:1; at most {lim.max_aspect_ratio:g}:1"
             )
-
-    def _stage_of(self) -> str:
-        return self._stage
 
     def _too_long(self, actual: str, source: str = "") -> VideoTooLarge:
         limit = self.limits.max_duration_s
